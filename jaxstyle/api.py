@@ -1,0 +1,131 @@
+"""What the launchers hand to a method: one request type for stylizing, one for training.
+
+The launchers turn flags into these requests and look the method up in `METHODS`; each method module
+implements the entry points it supports:
+
+  run_stylize(request: StylizeRequest) -> np.ndarray[H, W, 3] float32 in [0, 1]
+  make_trainer(request: TrainRequest) -> (trainer, dataset)   # feed-forward methods only
+
+`overrides` carries `--set key=value` pairs for the method's own config dataclass; `apply_overrides`
+turns them into a new config and rejects unknown keys.
+"""
+import dataclasses
+import importlib
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from jaxstyle.errors import ConfigError
+
+METHODS = {
+    "gatys": "jaxstyle.methods.gatys",
+    "histogram": "jaxstyle.methods.histogram",
+    "johnson": "jaxstyle.methods.johnson",
+    "msgnet": "jaxstyle.methods.msgnet",
+    "stylebank": "jaxstyle.methods.stylebank",
+    "adain": "jaxstyle.methods.adain",
+    "magenta": "jaxstyle.methods.magenta",
+    "tspr": "jaxstyle.methods.tspr",
+}
+OPTIMIZATION_METHODS = ("gatys", "histogram")
+TRAINABLE_METHODS = ("johnson", "msgnet", "stylebank", "adain", "magenta", "tspr")
+
+
+@dataclasses.dataclass
+class StylizeRequest:
+  """Everything `launch/stylize.py` knows, already validated and loaded."""
+  method: str
+  content: Optional[np.ndarray]                  # [H, W, 3] in [0, 1]; None = texture synthesis
+  styles: Sequence[np.ndarray] = ()              # each [h, w, 3] in [0, 1]
+  style_weights: Optional[Sequence[float]] = None  # blend weights, one per style (normalised by caller)
+  masks: Optional[Sequence[np.ndarray]] = None   # one [H, W] mask per style (spatial control)
+  size: int = 512                                # long side of the output
+  steps: int = 500                               # optimisation steps (optimisation methods)
+  optimizer: str = "lbfgs"                       # lbfgs | adam
+  learning_rate: Optional[float] = None          # None = the method's default
+  init: str = "content"                          # content | noise | path to an image
+  alpha: float = 1.0                             # content(0) .. style(1) trade-off
+  preserve_color: str = "none"                   # none | luminance | histogram
+  style_size: Optional[int] = None               # brush size: long side of the style image
+  style_index: Optional[Sequence[int]] = None    # styles of a multi-style checkpoint
+  checkpoint: Optional[str] = None               # trained model (feed-forward methods)
+  weights: str = "hed-vgg16"                     # loss network weights
+  seed: int = 0
+  overrides: dict = dataclasses.field(default_factory=dict)
+  progress: Optional[Callable[[int, float], None]] = None  # called with (step, loss)
+
+
+@dataclasses.dataclass
+class TrainRequest:
+  """Everything `launch/train.py` knows."""
+  method: str
+  content_dir: Optional[str]
+  style_dir: Optional[str]
+  workdir: str
+  image_size: int = 256
+  batch_size: int = 4
+  steps: int = 40000
+  learning_rate: Optional[float] = None
+  weights: str = "hed-vgg16"
+  seed: int = 0
+  mixed_precision: bool = False
+  checkpoint_every: int = 1000
+  keep_checkpoints: int = 3
+  log_every: int = 50
+  summary_every: int = 500
+  max_nonfinite: int = 10
+  overrides: dict = dataclasses.field(default_factory=dict)
+
+
+def get_method(name: str):
+  """Imports the method module for `name`, or raises a one-line ConfigError."""
+  if name not in METHODS:
+    raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+  return importlib.import_module(METHODS[name])
+
+
+def parse_overrides(items: Sequence[str]) -> dict:
+  """Parses `key=value` strings (from `--set`) into a dict of strings."""
+  out = {}
+  for item in items or ():
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+      raise ConfigError(f"--set expects key=value, got {item!r}")
+    out[key.strip()] = value.strip()
+  return out
+
+
+def apply_overrides(config: Any, overrides: dict) -> Any:
+  """Returns a copy of dataclass `config` with `overrides` (strings) cast to each field's type."""
+  fields = {f.name: f for f in dataclasses.fields(config)}
+  changes = {}
+  for key, text in overrides.items():
+    if key not in fields:
+      raise ConfigError(
+          f"unknown setting {key!r} for {type(config).__name__}; known: {', '.join(sorted(fields))}")
+    current = getattr(config, key)
+    changes[key] = _cast(key, text, current)
+  return dataclasses.replace(config, **changes)
+
+
+def _cast(key: str, text: Any, current: Any) -> Any:
+  if not isinstance(text, str):
+    return text
+  try:
+    if isinstance(current, bool):
+      if text.lower() in ("1", "true", "yes"):
+        return True
+      if text.lower() in ("0", "false", "no"):
+        return False
+      raise ValueError(text)
+    if isinstance(current, int):
+      return int(text)
+    if isinstance(current, float):
+      return float(text)
+    if isinstance(current, tuple):
+      parts = [p for p in text.replace(";", ",").split(",") if p.strip()]
+      kind = type(current[0]) if current else str
+      return tuple(kind(p.strip()) for p in parts)
+  except ValueError:
+    raise ConfigError(f"bad value {text!r} for setting {key!r}") from None
+  return text

@@ -1,0 +1,144 @@
+r"""Stylizes an image with any jaxstyle method.
+
+  python launch/stylize.py                       # Gatys on the bundled sample images
+  python launch/stylize.py --method=histogram --content= --style=wave.jpg   # texture synthesis
+  python launch/stylize.py --method=adain --checkpoint=workdirs/adain --content=me.jpg \
+      --style=a.jpg --style=b.jpg --style_weights=0.7,0.3 --alpha=0.8
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+import numpy as np  # noqa: E402
+import tqdm  # noqa: E402
+
+from jaxstyle import api  # noqa: E402
+from jaxstyle import image  # noqa: E402
+from jaxstyle.errors import ConfigError  # noqa: E402
+from launch import common  # noqa: E402
+
+_METHOD = flags.DEFINE_string("method", "gatys", f"One of: {', '.join(api.METHODS)}.")
+_CONTENT = flags.DEFINE_string(
+    "content", None, "Content image. Unset: a bundled sample photo. Empty string: texture synthesis "
+    "(no content; gatys/histogram only).")
+_STYLE = flags.DEFINE_multi_string("style", [], "Style image(s); repeat for several. Unset: a sample.")
+_STYLE_WEIGHTS = flags.DEFINE_list("style_weights", [], "Blend weight per --style (normalised to sum 1).")
+_MASK = flags.DEFINE_multi_string(
+    "mask", [], "Spatial control: one mask image per --style (white = that style's region).")
+_SIZE = flags.DEFINE_integer("size", 256, "Long side of the output image in pixels.")
+_STEPS = flags.DEFINE_integer("steps", 200, "Optimisation steps (gatys/histogram), per scale.")
+_OPTIMIZER = flags.DEFINE_enum("optimizer", "lbfgs", ["lbfgs", "adam"], "Optimiser (gatys/histogram).")
+_LR = flags.DEFINE_float("learning_rate", None, "Optimiser learning rate; unset = the method's default.")
+_INIT = flags.DEFINE_string("init", "content", "Start image: content, noise, or a path (gatys/histogram).")
+_ALPHA = flags.DEFINE_float("alpha", 1.0, "Content (0) to style (1) trade-off (adain, magenta, gatys).")
+_COLOR = flags.DEFINE_enum("preserve_color", "none", ["none", "luminance", "histogram"],
+                           "Keep the content's colours: luminance-only transfer or colour matching.")
+_STYLE_SIZE = flags.DEFINE_integer("style_size", None,
+                                   "Long side the style image is resized to (brush size). Unset: --size.")
+_STYLE_INDEX = flags.DEFINE_list("style_index", [],
+                                 "Styles of a multi-style checkpoint (msgnet, stylebank) by index.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Trained model workdir (feed-forward methods).")
+_WEIGHTS = flags.DEFINE_string(
+    "weights", "hed-vgg16", "Loss network: hed-vgg16, torchvision-vgg16, torchvision-vgg19, or a path "
+    "to a .h5/.pth/.msgpack file.")
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+_OUTPUT = flags.DEFINE_string("output", "out/stylized.png", "Where to write the result (.png/.jpg).")
+_GRID = flags.DEFINE_bool("grid", False, "Also write <output>_grid.png: content | style(s) | result.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", True, "Replace an existing output file.")
+_SET = flags.DEFINE_multi_string("set", [], "Method config override key=value (repeatable).")
+
+
+def _floats(name, values):
+  try:
+    return [float(v) for v in values]
+  except ValueError:
+    raise ConfigError(f"--{name} must be numbers, got {','.join(values)}") from None
+
+
+def build_request() -> api.StylizeRequest:
+  """Validates the flags and loads the images: every input error surfaces here, before compute."""
+  module = api.get_method(_METHOD.value)
+  common.positive("size", _SIZE.value)
+  common.positive("steps", _STEPS.value)
+  common.positive("style_size", _STYLE_SIZE.value, allow_none=True)
+  if _LR.value is not None:
+    common.positive("learning_rate", _LR.value)
+  if not 0.0 <= _ALPHA.value <= 1.0:
+    raise ConfigError(f"--alpha must be in [0, 1], got {_ALPHA.value}")
+  if not hasattr(module, "run_stylize"):
+    raise ConfigError(f"method {_METHOD.value} cannot stylize")
+
+  if _CONTENT.value is None:
+    content = image.resize_long_side(image.sample_content(), _SIZE.value)
+  elif _CONTENT.value == "":
+    if _METHOD.value not in api.OPTIMIZATION_METHODS:
+      raise ConfigError(f"--method={_METHOD.value} needs a --content image")
+    content = None
+  else:
+    content = image.load_image(_CONTENT.value, _SIZE.value)
+  style_size = _STYLE_SIZE.value or _SIZE.value
+  styles = [image.load_image(p, style_size) for p in _STYLE.value]
+  if not styles:
+    styles = [image.resize_long_side(image.sample_style(), style_size)]
+
+  weights = _floats("style_weights", _STYLE_WEIGHTS.value) or None
+  if weights is not None:
+    if len(weights) != len(styles):
+      raise ConfigError(f"--style_weights has {len(weights)} values for {len(styles)} styles")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+      raise ConfigError("--style_weights must be non-negative and not all zero")
+    weights = [w / sum(weights) for w in weights]
+  masks = None
+  if _MASK.value:
+    if len(_MASK.value) != len(styles):
+      raise ConfigError(f"--mask given {len(_MASK.value)} times for {len(styles)} styles")
+    if content is None:
+      raise ConfigError("--mask needs a --content image")
+    masks = [image.load_mask(p, content.shape[:2]) for p in _MASK.value]
+  if _INIT.value not in ("content", "noise") and not os.path.isfile(_INIT.value):
+    raise ConfigError(f"--init must be content, noise or an existing image file, got {_INIT.value!r}")
+  if _INIT.value == "content" and content is None:
+    init = "noise"
+  else:
+    init = _INIT.value
+  try:
+    style_index = [int(i) for i in _STYLE_INDEX.value] or None
+  except ValueError:
+    raise ConfigError("--style_index must be integers") from None
+  if _CHECKPOINT.value is not None and not os.path.exists(_CHECKPOINT.value):
+    raise ConfigError(f"checkpoint {_CHECKPOINT.value} does not exist")
+  return api.StylizeRequest(
+      method=_METHOD.value, content=content, styles=styles, style_weights=weights, masks=masks,
+      size=_SIZE.value, steps=_STEPS.value, optimizer=_OPTIMIZER.value, learning_rate=_LR.value,
+      init=init, alpha=_ALPHA.value, preserve_color=_COLOR.value, style_size=_STYLE_SIZE.value,
+      style_index=style_index, checkpoint=_CHECKPOINT.value, weights=_WEIGHTS.value,
+      seed=_SEED.value, overrides=api.parse_overrides(_SET.value))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  output = common.check_output_path(_OUTPUT.value, overwrite=_OVERWRITE.value)
+  grid_path = None
+  if _GRID.value:
+    grid_path = common.check_output_path(os.path.splitext(output)[0] + "_grid.png", overwrite=True)
+  request = build_request()
+  with tqdm.tqdm(total=None, desc=request.method, unit="step", disable=None) as bar:
+    def progress(step, loss):
+      bar.update(step - bar.n)
+      bar.set_postfix(loss=f"{loss:.4g}")
+    request.progress = progress
+    result = api.get_method(request.method).run_stylize(request)
+  result = np.clip(np.asarray(result, np.float32), 0.0, 1.0)
+  image.save_image(output, result)
+  print(f"wrote {output}")
+  if grid_path:
+    panels = ([request.content] if request.content is not None else []) + list(request.styles)
+    image.save_image(grid_path, image.make_grid(panels + [result], height=result.shape[0]))
+    print(f"wrote {grid_path}")
+
+
+if __name__ == "__main__":
+  common.run(main)

@@ -1,0 +1,79 @@
+r"""Trains a feed-forward style transfer model with the shared training loop.
+
+  python launch/train.py --method=johnson --content_dir=coco/ --style_dir=styles/starry \
+      --workdir=workdirs/johnson_starry
+  python launch/train.py --method=tspr --content_dir=places/ --style_dir=painters13/ --workdir=w/tspr
+
+A run resumes from the latest checkpoint in --workdir. SIGTERM/SIGINT saves a checkpoint and exits.
+Method-specific settings (loss weights, layer choices, ...) are `--set key=value`.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+
+from jaxstyle import api  # noqa: E402
+from jaxstyle.errors import ConfigError  # noqa: E402
+from launch import common  # noqa: E402
+
+_METHOD = flags.DEFINE_string("method", "johnson", f"One of: {', '.join(api.TRAINABLE_METHODS)}.")
+_CONTENT_DIR = flags.DEFINE_string("content_dir", None,
+                                   "Folder of content photos (searched recursively). Unset: samples.")
+_STYLE_DIR = flags.DEFINE_string(
+    "style_dir", None, "Folder of style images (tspr: one sub-folder per style class). Unset: samples.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 256, "Training crop size.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Global batch size (split over all devices).")
+_STEPS = flags.DEFINE_integer("steps", 40000, "Total training steps.")
+_LR = flags.DEFINE_float("learning_rate", None, "Learning rate; unset = the method's default.")
+_WORKDIR = flags.DEFINE_string("workdir", "workdirs/run", "Checkpoints and summaries go here.")
+_WEIGHTS = flags.DEFINE_string("weights", "hed-vgg16", "Loss network weights (see stylize.py).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of parameters and data order.")
+_MIXED = flags.DEFINE_bool("mixed_precision", False, "bf16 compute with f32 parameters.")
+_CKPT_EVERY = flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every N steps.")
+_KEEP = flags.DEFINE_integer("keep_checkpoints", 3, "How many checkpoints to keep.")
+_LOG_EVERY = flags.DEFINE_integer("log_every", 50, "Log scalars every N steps.")
+_SUMMARY_EVERY = flags.DEFINE_integer("summary_every", 500, "Write image summaries every N steps.")
+_MAX_NONFINITE = flags.DEFINE_integer(
+    "max_nonfinite", 10, "Stop after this many consecutive steps with non-finite loss/gradients.")
+_SET = flags.DEFINE_multi_string("set", [], "Method config override key=value (repeatable).")
+
+
+def build_request() -> api.TrainRequest:
+  if _METHOD.value not in api.TRAINABLE_METHODS:
+    raise ConfigError(f"--method={_METHOD.value} cannot be trained; choose one of "
+                      f"{', '.join(api.TRAINABLE_METHODS)}")
+  for name, flag in (("image_size", _IMAGE_SIZE), ("batch_size", _BATCH_SIZE), ("steps", _STEPS),
+                     ("checkpoint_every", _CKPT_EVERY), ("keep_checkpoints", _KEEP),
+                     ("log_every", _LOG_EVERY), ("summary_every", _SUMMARY_EVERY),
+                     ("max_nonfinite", _MAX_NONFINITE)):
+    common.positive(name, flag.value)
+  if _LR.value is not None:
+    common.positive("learning_rate", _LR.value)
+  for name, path in (("content_dir", _CONTENT_DIR.value), ("style_dir", _STYLE_DIR.value)):
+    if path is not None and not os.path.isdir(path):
+      raise ConfigError(f"--{name} {path} is not a directory")
+  if os.path.exists(_WORKDIR.value) and not os.path.isdir(_WORKDIR.value):
+    raise ConfigError(f"--workdir {_WORKDIR.value} exists and is not a directory")
+  return api.TrainRequest(
+      method=_METHOD.value, content_dir=_CONTENT_DIR.value, style_dir=_STYLE_DIR.value,
+      workdir=os.path.abspath(_WORKDIR.value), image_size=_IMAGE_SIZE.value,
+      batch_size=_BATCH_SIZE.value, steps=_STEPS.value, learning_rate=_LR.value,
+      weights=_WEIGHTS.value, seed=_SEED.value, mixed_precision=_MIXED.value,
+      checkpoint_every=_CKPT_EVERY.value, keep_checkpoints=_KEEP.value, log_every=_LOG_EVERY.value,
+      summary_every=_SUMMARY_EVERY.value, max_nonfinite=_MAX_NONFINITE.value,
+      overrides=api.parse_overrides(_SET.value))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from jaxstyle.train import loop  # pylint: disable=g-import-not-at-top
+  request = build_request()
+  trainer, dataset = api.get_method(request.method).make_trainer(request)
+  loop.train(trainer, dataset, request)
+
+
+if __name__ == "__main__":
+  common.run(main)
