@@ -21,7 +21,7 @@ setuptools.setup(
         "tensorboardX",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "scikit-image", "chex"],
+        "test": ["pytest", "pytest-xdist", "scikit-image", "chex", "torch==2.13.0"],
         "torch": ["torch==2.13.0"],
     },
 )

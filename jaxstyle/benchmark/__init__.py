@@ -1,0 +1,1 @@
+"""Throughput benchmarks of every method, with PyTorch equivalents timed side by side."""

@@ -1,0 +1,157 @@
+"""Padded convolutions shared by the feed-forward stylisation networks.
+
+Johnson et al. (pytorch/examples `fast_neural_style`), MSG-Net and AdaIN's decoder pad with *reflection*
+and then run an unpadded convolution: zero padding darkens the borders of stylised images. Upsampling is
+nearest-neighbour followed by a convolution, which avoids the checkerboard artifacts of transposed
+convolutions (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts"; MSG-Net's
+`UpsampleConvLayer`).
+
+All layers keep float32 parameters and compute in `dtype` (None = Flax's default promotion).
+"""
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+_PADDINGS = ("reflect", "zero", "none")
+
+
+def reflect_pad(x: Array, pad: int) -> Array:
+  """Reflection-pads the two spatial axes of `x` `[B, H, W, C]` by `pad` pixels on every side.
+
+  Same as `torch.nn.ReflectionPad2d(pad)` (the edge pixel is not repeated), so `pad` must be smaller than
+  H and W.
+  """
+  if pad == 0:
+    return x
+  if pad >= x.shape[1] or pad >= x.shape[2]:
+    raise ValueError(f"reflection padding {pad} needs a feature map larger than {x.shape[1:3]}")
+  return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+
+
+def pad_spatial(x: Array, pad: int, padding: str) -> Array:
+  """Pads H and W by `pad` with `padding` in {'reflect', 'zero', 'none'} ('none' returns `x`)."""
+  if padding == "reflect":
+    return reflect_pad(x, pad)
+  if padding == "zero":
+    return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
+  if padding == "none":
+    return x
+  raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+
+
+def upsample_nearest(x: Array, factor: int) -> Array:
+  """Nearest-neighbour upsampling of `[B, H, W, C]` by an integer `factor` -> `[B, fH, fW, C]`."""
+  if factor == 1:
+    return x
+  return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+
+
+class ConvLayer(nn.Module):
+  """Explicit padding followed by a VALID convolution.
+
+  `[B, H, W, Cin] -> [B, (H + 2p - k) // s + 1, ..., features]` with `p = pad` (default
+  `kernel_size // 2`, which keeps `ceil(H / s)` for odd kernels) for 'reflect'/'zero' padding; 'none'
+  means p = 0.
+
+  Attributes:
+    features: output channels.
+    kernel_size: square kernel side.
+    strides: square stride.
+    padding: 'reflect' (default), 'zero' or 'none'.
+    use_bias: add a learned bias.
+    dtype: compute dtype (parameters stay float32).
+    kernel_init: kernel initialiser (TSPR uses N(0, 0.02), the others Flax's default).
+    pad: pixels per side for 'reflect'/'zero' (None = `kernel_size // 2`); e.g. 1 for the 4x4
+      PatchGAN discriminator convolutions (`Conv2d(k=4, padding=1)`).
+  """
+  features: int
+  kernel_size: int
+  strides: int = 1
+  padding: str = "reflect"
+  use_bias: bool = True
+  dtype: Optional[Any] = None
+  kernel_init: Callable = nn.linear.default_kernel_init
+  pad: Optional[int] = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = pad_spatial(x, self.kernel_size // 2 if self.pad is None else self.pad, self.padding)
+    return nn.Conv(
+        self.features, (self.kernel_size, self.kernel_size), strides=(self.strides, self.strides),
+        padding="VALID", use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
+        kernel_init=self.kernel_init, name="conv")(x)
+
+
+class UpsampleConv(nn.Module):
+  """Nearest-neighbour upsampling then a reflection-padded convolution (MSG-Net `UpsampleConvLayer`).
+
+  `[B, H, W, Cin] -> [B, upsample*H/s, upsample*W/s, features]`.
+
+  Attributes:
+    features: output channels.
+    kernel_size: square kernel side.
+    upsample: integer nearest-neighbour factor (1 = none).
+    strides: convolution stride after upsampling.
+    padding: 'reflect' (default), 'zero' or 'none'.
+    use_bias: add a learned bias.
+    dtype: compute dtype (parameters stay float32).
+    kernel_init: kernel initialiser.
+  """
+  features: int
+  kernel_size: int
+  upsample: int = 2
+  strides: int = 1
+  padding: str = "reflect"
+  use_bias: bool = True
+  dtype: Optional[Any] = None
+  kernel_init: Callable = nn.linear.default_kernel_init
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = upsample_nearest(x, self.upsample)
+    return ConvLayer(self.features, self.kernel_size, self.strides, self.padding, self.use_bias,
+                     self.dtype, self.kernel_init, name="conv_layer")(x)
+
+
+class ConvTranspose(nn.Module):
+  """Transposed convolution with PyTorch's `ConvTranspose2d(k, stride, padding, output_padding)` geometry.
+
+  `[B, H, W, Cin] -> [B, (H-1)*s - 2p + k + output_padding, ..., features]`. Kept for the methods whose
+  reference decoders use it (TSPR's 4x4 stride-2 layers, StyleBank); new code should prefer
+  `UpsampleConv`. The kernel is `[k, k, features, Cin]`, i.e. a PyTorch weight `[Cin, Cout, k, k]`
+  transposed by `(2, 3, 1, 0)`.
+
+  Attributes:
+    features: output channels.
+    kernel_size: square kernel side.
+    strides: square stride.
+    padding: PyTorch's implicit padding `p` (cropped from the full transposed output).
+    output_padding: extra rows/columns added on the bottom/right.
+    use_bias: add a learned bias.
+    dtype: compute dtype (parameters stay float32).
+    kernel_init: kernel initialiser.
+  """
+  features: int
+  kernel_size: int
+  strides: int = 2
+  padding: int = 0
+  output_padding: int = 0
+  use_bias: bool = True
+  dtype: Optional[Any] = None
+  kernel_init: Callable = nn.linear.default_kernel_init
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    k, p = self.kernel_size, self.padding
+    if p > k - 1:
+      raise ValueError(f"transposed-conv padding {p} must be < kernel_size {k}")
+    lo = k - 1 - p
+    return nn.ConvTranspose(
+        self.features, (k, k), strides=(self.strides, self.strides),
+        padding=((lo, lo + self.output_padding),) * 2, use_bias=self.use_bias,
+        transpose_kernel=True, dtype=self.dtype, param_dtype=jnp.float32,
+        kernel_init=self.kernel_init, name="conv_transpose")(x)

@@ -1,0 +1,180 @@
+"""Shared layers (`jaxstyle.nn`) against their PyTorch counterparts, with copied weights."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxstyle import nn as jnn
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # the test machine is small and shared
+
+ATOL = 1e-4
+
+
+def _to_nchw(x):
+  return torch.from_numpy(np.array(np.transpose(np.asarray(x), (0, 3, 1, 2))))
+
+
+def _to_nhwc(t):
+  return np.transpose(t.detach().numpy(), (0, 2, 3, 1))
+
+
+def _copy_conv(conv: "torch.nn.Conv2d", p):
+  """Loads a Flax HWIO kernel + bias into a torch Conv2d (OIHW)."""
+  with torch.no_grad():
+    conv.weight.copy_(torch.from_numpy(np.transpose(np.asarray(p["kernel"]), (3, 2, 0, 1)).copy()))
+    if conv.bias is not None:
+      conv.bias.copy_(torch.from_numpy(np.array(p["bias"])))
+
+
+def _copy_norm(norm: "torch.nn.InstanceNorm2d", p):
+  with torch.no_grad():
+    norm.weight.copy_(torch.from_numpy(np.array(p["scale"])))
+    norm.bias.copy_(torch.from_numpy(np.array(p["bias"])))
+
+
+def _init_apply(layer, x, seed):
+  """Random params (NumPy, by shape) and the layer's output in one compiled program.
+
+  Params are drawn with NumPy from the shapes Flax would create: compiling JAX's random initialisers
+  costs seconds per layer on a small CPU, and random norm scales/biases (instead of 1/0) also catch
+  mistakes that the default initialisation would hide.
+  """
+  shapes = jax.eval_shape(layer.init, jax.random.key(0), jnp.asarray(x))["params"]
+  rng = np.random.default_rng(seed)
+  params = jax.tree_util.tree_map(
+      lambda s: jnp.asarray(0.5 * rng.normal(size=s.shape) + (1.0 if len(s.shape) == 1 else 0.0),
+                            s.dtype), shapes)
+  return params, jax.jit(layer.apply)({"params": params}, jnp.asarray(x))
+
+
+def test_instance_stats_numpy(rng):
+  x = rng.normal(size=(2, 5, 7, 3)).astype(np.float32) * 3 + 1
+  mean, std = jnn.instance_stats(jnp.asarray(x), 1e-5)
+  assert mean.shape == std.shape == (2, 1, 1, 3)
+  np.testing.assert_allclose(mean, x.mean(axis=(1, 2), keepdims=True), atol=1e-5)
+  np.testing.assert_allclose(std, np.sqrt(x.var(axis=(1, 2), keepdims=True) + 1e-5), rtol=1e-5)
+  _, std1 = jnn.instance_stats(jnp.asarray(x), 1e-5, ddof=1)
+  np.testing.assert_allclose(std1, np.sqrt(x.var(axis=(1, 2), ddof=1, keepdims=True) + 1e-5), rtol=1e-5)
+
+
+def test_instance_norm_matches_torch(rng):
+  x = rng.normal(size=(2, 6, 5, 4)).astype(np.float32) * 2 + 0.5
+  layer = jnn.InstanceNorm()
+  params, y = _init_apply(layer, x, 1)
+  ref = torch.nn.InstanceNorm2d(4, affine=True)
+  _copy_norm(ref, params)
+  np.testing.assert_allclose(y, _to_nhwc(ref(_to_nchw(x))), atol=ATOL)
+
+
+def test_instance_norm_bf16_uses_f32_statistics():
+  # A large offset with a tiny spread: bf16 statistics would round the spread away entirely.
+  x = (1000.0 + jnp.linspace(0.0, 1.0, 64).reshape(1, 8, 8, 1)).astype(jnp.float32)
+  layer = jnn.InstanceNorm(use_scale=False, use_bias=False, dtype=jnp.bfloat16)
+  y = layer.apply({}, x)
+  assert y.dtype == jnp.bfloat16
+  ref = (x - x.mean()) / jnp.sqrt(x.var() + 1e-5)
+  np.testing.assert_allclose(np.asarray(y, np.float32), ref, atol=0.02)
+  assert float(jnp.std(y.astype(jnp.float32))) > 0.9
+
+
+@pytest.mark.parametrize("pad", [1, 3])
+def test_reflect_pad_matches_torch(rng, pad):
+  x = rng.normal(size=(2, 5, 6, 3)).astype(np.float32)
+  y = jnn.reflect_pad(jnp.asarray(x), pad)
+  ref = torch.nn.ReflectionPad2d(pad)(_to_nchw(x))
+  np.testing.assert_array_equal(y, _to_nhwc(ref))
+  with pytest.raises(ValueError):
+    jnn.reflect_pad(jnp.asarray(x), 5)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,pad", [
+    (3, 1, "reflect", None), (3, 2, "reflect", None), (9, 1, "reflect", None), (3, 2, "zero", None),
+    (3, 1, "none", None), (4, 2, "zero", 1), (4, 1, "reflect", 1)])
+def test_conv_layer_matches_torch(rng, kernel, stride, padding, pad):
+  x = rng.normal(size=(2, 12, 10, 3)).astype(np.float32)
+  layer = jnn.ConvLayer(5, kernel, strides=stride, padding=padding, pad=pad)
+  params, y = _init_apply(layer, x, 2)
+  pad = kernel // 2 if pad is None else pad
+  mods = []
+  if padding == "reflect":
+    mods.append(torch.nn.ReflectionPad2d(pad))
+  conv = torch.nn.Conv2d(3, 5, kernel, stride, padding=pad if padding == "zero" else 0)
+  _copy_conv(conv, params["conv"])
+  ref = torch.nn.Sequential(*mods, conv)(_to_nchw(x))
+  assert y.shape == _to_nhwc(ref).shape
+  np.testing.assert_allclose(y, _to_nhwc(ref), atol=ATOL)
+
+
+def test_conv_layer_dtype_and_param_dtype(rng):
+  x = jnp.asarray(rng.normal(size=(1, 8, 8, 3)), jnp.bfloat16)
+  layer = jnn.ConvLayer(4, 3, dtype=jnp.bfloat16)
+  shapes = jax.eval_shape(layer.init, jax.random.key(0), x)["params"]
+  assert shapes["conv"]["kernel"].dtype == jnp.float32
+  params, y = _init_apply(layer, x, 0)
+  assert y.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("upsample,stride", [(2, 1), (1, 1), (2, 2)])
+def test_upsample_conv_matches_torch(rng, upsample, stride):
+  x = rng.normal(size=(2, 5, 6, 4)).astype(np.float32)
+  layer = jnn.UpsampleConv(3, 3, upsample=upsample, strides=stride)
+  params, y = _init_apply(layer, x, 3)
+  conv = torch.nn.Conv2d(4, 3, 3, stride)
+  _copy_conv(conv, params["conv_layer"]["conv"])
+  ref = torch.nn.Sequential(torch.nn.Upsample(scale_factor=upsample, mode="nearest"),
+                            torch.nn.ReflectionPad2d(1), conv)(_to_nchw(x))
+  np.testing.assert_allclose(y, _to_nhwc(ref), atol=ATOL)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,out_pad", [(4, 2, 1, 0), (3, 2, 1, 1), (3, 1, 1, 0)])
+def test_conv_transpose_matches_torch(rng, kernel, stride, padding, out_pad):
+  x = rng.normal(size=(2, 5, 4, 3)).astype(np.float32)
+  layer = jnn.ConvTranspose(6, kernel, strides=stride, padding=padding, output_padding=out_pad)
+  params, y = _init_apply(layer, x, 4)
+  ref = torch.nn.ConvTranspose2d(3, 6, kernel, stride, padding, output_padding=out_pad)
+  p = params["conv_transpose"]
+  with torch.no_grad():
+    ref.weight.copy_(torch.from_numpy(np.transpose(np.asarray(p["kernel"]), (3, 2, 0, 1)).copy()))
+    ref.bias.copy_(torch.from_numpy(np.array(p["bias"])))
+  out = _to_nhwc(ref(_to_nchw(x)))
+  assert y.shape == out.shape
+  np.testing.assert_allclose(y, out, atol=ATOL)
+
+
+class _TorchResidual(torch.nn.Module):
+  """pytorch/examples `fast_neural_style` ResidualBlock (reflect) or its unpadded variant."""
+
+  def __init__(self, c, pad):
+    super().__init__()
+    self.pad = pad
+    self.pad_layer = torch.nn.ReflectionPad2d(1) if pad else torch.nn.Identity()
+    self.conv1, self.conv2 = torch.nn.Conv2d(c, c, 3), torch.nn.Conv2d(c, c, 3)
+    self.in1 = torch.nn.InstanceNorm2d(c, affine=True)
+    self.in2 = torch.nn.InstanceNorm2d(c, affine=True)
+
+  def forward(self, x):
+    y = torch.relu(self.in1(self.conv1(self.pad_layer(x))))
+    y = self.in2(self.conv2(self.pad_layer(y)))
+    return (x if self.pad else x[:, :, 2:-2, 2:-2]) + y
+
+
+@pytest.mark.parametrize("padding", ["reflect", "none"])
+def test_residual_block_matches_torch(rng, padding):
+  x = rng.normal(size=(2, 9, 8, 4)).astype(np.float32)
+  block = jnn.ResidualBlock(4, padding=padding)
+  params, y = _init_apply(block, x, 5)
+  ref = _TorchResidual(4, padding == "reflect")
+  _copy_conv(ref.conv1, params["conv1"]["conv"])
+  _copy_conv(ref.conv2, params["conv2"]["conv"])
+  _copy_norm(ref.in1, params["norm1"])
+  _copy_norm(ref.in2, params["norm2"])
+  out = _to_nhwc(ref(_to_nchw(x)))
+  assert y.shape == out.shape
+  np.testing.assert_allclose(y, out, atol=ATOL)
+
+
+def test_residual_block_rejects_channel_mismatch():
+  with pytest.raises(ValueError, match="input channels"):
+    jax.eval_shape(jnn.ResidualBlock(8).init, jax.random.key(0), jnp.zeros((1, 8, 8, 4)))
