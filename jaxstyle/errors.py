@@ -19,3 +19,7 @@ class CheckpointError(JaxstyleError):
 
 class ConfigError(JaxstyleError):
   """Flags or config values are invalid or conflict."""
+
+
+class TrainingError(JaxstyleError):
+  """Training cannot go on (e.g. too many consecutive non-finite steps)."""
