@@ -1,0 +1,15 @@
+"""AdaIN: Huang & Belongie 2017, "Arbitrary Style Transfer in Real-time with Adaptive Instance
+Normalization".
+
+A frozen VGG encoder, AdaIN on relu4_1 and a trained decoder: `model` (Decoder, AdaINConfig),
+`trainer` (make_trainer for `launch/train.py`), `inference` (load, stylize, run_stylize for
+`launch/stylize.py`), `pairs` (content/style training batches).
+"""
+from jaxstyle.methods.adain.inference import AdaINModel
+from jaxstyle.methods.adain.inference import load
+from jaxstyle.methods.adain.inference import run_stylize
+from jaxstyle.methods.adain.inference import stylize
+from jaxstyle.methods.adain.model import AdaINConfig
+from jaxstyle.methods.adain.model import Decoder
+from jaxstyle.methods.adain.trainer import AdaINTrainer
+from jaxstyle.methods.adain.trainer import make_trainer

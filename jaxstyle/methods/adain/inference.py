@@ -1,0 +1,208 @@
+"""Stylizing with a trained AdaIN decoder: `load`, `stylize` and the launcher's `run_stylize`.
+
+User controls (the reference `test.lua` options): `alpha` (content-style trade-off on the features),
+several styles with blend weights (the AdaIN targets are blended), `preserve_color` ('histogram':
+CORAL colour transfer of each style image to the content first, the reference `-preserveColor`;
+'luminance': keep the content's chrominance afterwards), and spatial control with one mask per
+style.
+"""
+import dataclasses
+import functools
+from typing import Any, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxstyle import api
+from jaxstyle import image
+from jaxstyle import vgg
+from jaxstyle.errors import CheckpointError
+from jaxstyle.errors import ConfigError
+from jaxstyle.methods.adain.model import AdaINConfig
+from jaxstyle.methods.adain.model import blend_targets
+from jaxstyle.methods.adain.model import Decoder
+from jaxstyle.methods.adain.model import downsample_mask
+from jaxstyle.methods.adain.model import encode
+from jaxstyle.methods.adain.model import ENCODER_LAYER
+from jaxstyle.methods.adain.model import encoder_net
+from jaxstyle.methods.adain.model import make_decoder
+from jaxstyle.train import checkpoint
+
+METHOD = "adain"
+_STRIDE = 8  # relu4_1 is 8x smaller than the image
+DEFAULT_WEIGHTS = "hed-vgg16"
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaINModel:
+  """The two halves of AdaIN at inference: frozen VGG encoder f and trained decoder g."""
+  decoder: Decoder
+  encoder: vgg.LossNet
+
+
+def config_from_dict(d: dict) -> AdaINConfig:
+  """Rebuilds an AdaINConfig from `config.json` (lists back to tuples; unknown keys rejected)."""
+  fields = {f.name for f in dataclasses.fields(AdaINConfig)}
+  unknown = set(d) - fields
+  if unknown:
+    raise CheckpointError(f"checkpoint config has unknown AdaIN settings: {sorted(unknown)}")
+  return AdaINConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def load(workdir: str, *, loss_net: Optional[vgg.LossNet] = None
+         ) -> Tuple[AdaINModel, Any, AdaINConfig]:
+  """Loads a trained AdaIN model from a training workdir.
+
+  Args:
+    workdir: the `--workdir` of `launch/train.py --method=adain`.
+    loss_net: the encoder weights; default: load the ones the model was trained with.
+
+  Returns:
+    (model, decoder params, config).
+
+  Raises:
+    CheckpointError: the workdir holds no AdaIN checkpoint.
+  """
+  saved = checkpoint.load_config(workdir)
+  if saved.get("method") != METHOD:
+    raise CheckpointError(f"{workdir} holds a {saved.get('method')!r} model, not {METHOD}")
+  info = saved.get("config") or {}  # the loop stores `config_dict()` under "config"
+  if "config" not in info:
+    raise CheckpointError(f"{workdir}/config.json has no AdaIN model settings")
+  config = config_from_dict(info["config"])
+  if loss_net is None:
+    loss_net = vgg.load_loss_net(info.get("weights", DEFAULT_WEIGHTS))
+  if loss_net.depth != info.get("depth", loss_net.depth):
+    raise CheckpointError(f"{workdir} was trained with a VGG{info['depth']} encoder, "
+                          f"got VGG{loss_net.depth}")
+  params = checkpoint.load_params(workdir)
+  model = AdaINModel(decoder=make_decoder(config, loss_net.depth),
+                     encoder=encoder_net(loss_net, config))
+  return model, params, config
+
+
+@jax.jit
+def _encode(encoder: vgg.LossNet, x: jax.Array) -> jax.Array:
+  return encode(encoder, x)[ENCODER_LAYER]
+
+
+@functools.partial(jax.jit, static_argnames=("decoder",))
+def _decode(decoder: Decoder, params: Any, t: jax.Array) -> jax.Array:
+  return decoder.apply({"params": params}, t)
+
+
+def region_weights(masks: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+  """Per-style pixel weights `[N, H, W]` that sum to 1 everywhere.
+
+  Masks are normalised where they overlap (sum above 1); pixels that no mask fully covers take the
+  rest from the global style blend `weights`.
+  """
+  m = np.clip(np.stack([np.asarray(x, np.float32) for x in masks]), 0.0, 1.0)
+  total = m.sum(0)
+  uncovered = np.clip(1.0 - total, 0.0, 1.0)
+  w = np.asarray(weights, np.float32)[:, None, None]
+  return m / np.maximum(total, 1.0) + uncovered * w
+
+
+def _pad_to(x: np.ndarray, multiple: int) -> np.ndarray:
+  h, w = x.shape[:2]
+  pads = ((0, (-h) % multiple), (0, (-w) % multiple)) + ((0, 0),) * (x.ndim - 2)
+  mode = "reflect" if min(h, w) > multiple else "edge"
+  return np.pad(x, pads, mode=mode)
+
+
+def _check_inputs(content01, styles01, style_weights, masks):
+  if content01 is None:
+    raise ConfigError("adain needs a content image")
+  if not styles01:
+    raise ConfigError("adain needs at least one style image")
+  n = len(styles01)
+  if style_weights is None:
+    style_weights = [1.0 / n] * n
+  if len(style_weights) != n:
+    raise ConfigError(f"{len(style_weights)} style weights for {n} styles")
+  if any(w < 0 for w in style_weights) or sum(style_weights) <= 0:
+    raise ConfigError("style weights must be non-negative and not all zero")
+  style_weights = [w / sum(style_weights) for w in style_weights]
+  if masks is not None:
+    if len(masks) != n:
+      raise ConfigError(f"{len(masks)} masks for {n} styles")
+    for m in masks:
+      if np.shape(m) != tuple(content01.shape[:2]):
+        raise ConfigError(f"mask shape {np.shape(m)} differs from the content's "
+                          f"{tuple(content01.shape[:2])}")
+  return style_weights
+
+
+def stylize(model: AdaINModel, params: Any, content01: np.ndarray,
+            styles01: Sequence[np.ndarray], *, style_weights: Optional[Sequence[float]] = None,
+            alpha: float = 1.0, masks: Optional[Sequence[np.ndarray]] = None,
+            preserve_color: str = "none", eps: float = 1e-5) -> np.ndarray:
+  """Stylizes one image with one or several styles.
+
+  Args:
+    model: AdaINModel from `load`.
+    params: decoder parameters.
+    content01: `[H, W, 3]` in [0, 1].
+    styles01: style images `[h_i, w_i, 3]` in [0, 1] (any sizes).
+    style_weights: blend weights (normalised; default equal).
+    alpha: 0 = decoder(f(c)) (reconstruction), 1 = full style.
+    masks: optional `[H, W]` region per style (spatial control).
+    preserve_color: 'none', 'histogram' (colour-match the styles to the content first) or
+      'luminance' (keep the content's chrominance).
+    eps: AdaIN variance epsilon.
+
+  Returns:
+    `[H, W, 3]` float32 in [0, 1].
+  """
+  content01 = np.asarray(content01, np.float32)
+  weights = _check_inputs(content01, styles01, style_weights, masks)
+  if not 0.0 <= alpha <= 1.0:
+    raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
+  if preserve_color not in ("none", "histogram", "luminance"):
+    raise ConfigError(f"unknown preserve_color {preserve_color!r}")
+  styles01 = [np.asarray(s, np.float32) for s in styles01]
+  if preserve_color == "histogram":
+    styles01 = [np.asarray(image.match_color(s, content01), np.float32) for s in styles01]
+
+  h, w = content01.shape[:2]
+  f_c = _encode(model.encoder, jnp.asarray(_pad_to(content01, _STRIDE))[None])
+  f_s = [_encode(model.encoder, jnp.asarray(_pad_to(s, _STRIDE))[None]) for s in styles01]
+  feature_masks = None
+  if masks is not None:
+    regions = _pad_to(np.moveaxis(region_weights(masks, weights), 0, -1), _STRIDE)
+    feature_masks = [downsample_mask(jnp.asarray(regions[None, ..., i]), _STRIDE)
+                     for i in range(len(styles01))]
+  t = blend_targets(f_c, f_s, weights, alpha, feature_masks, eps)
+  out = np.clip(np.asarray(_decode(model.decoder, params, t))[0, :h, :w], 0.0, 1.0)
+  if preserve_color == "luminance":
+    out = np.asarray(image.luminance_transfer(content01, out), np.float32)
+  return out
+
+
+def run_stylize(request: api.StylizeRequest) -> np.ndarray:
+  """`launch/stylize.py --method=adain --checkpoint=<workdir>`."""
+  if request.checkpoint is None:
+    raise ConfigError("adain needs --checkpoint=<training workdir>")
+  if request.content is None:
+    raise ConfigError("adain needs a --content image")
+  if request.style_index:
+    raise ConfigError("adain takes style images, not --style_index")
+  unknown = set(request.overrides) - {"eps"}
+  if unknown:
+    raise ConfigError(f"adain stylize only takes --set eps=..., got {', '.join(sorted(unknown))}")
+  eps = float(request.overrides.get("eps", 1e-5))
+  model, params, config = load(request.checkpoint)
+  saved = checkpoint.load_config(request.checkpoint)
+  trained_with = (saved.get("config") or {}).get("weights", DEFAULT_WEIGHTS)
+  if request.weights not in (DEFAULT_WEIGHTS, trained_with):
+    raise ConfigError(f"{request.checkpoint} was trained with --weights={trained_with}, "
+                      f"not {request.weights}")
+  del config
+  out = stylize(model, params, request.content, request.styles,
+                style_weights=request.style_weights, alpha=request.alpha, masks=request.masks,
+                preserve_color=request.preserve_color, eps=eps)
+  if request.progress is not None:
+    request.progress(1, 0.0)
+  return out

@@ -1,0 +1,15 @@
+"""Ghiasi et al. 2017 arbitrary stylization ("Magenta"): a style prediction network maps any style
+image to an embedding whose per-layer gamma/beta condition the instance norms of a transformer.
+
+`model` (ArbitraryStyleNet, MagentaConfig), `trainer` (make_trainer for `launch/train.py`),
+`inference` (load, stylize, run_stylize for `launch/stylize.py`), `pairs` (training batches).
+"""
+from jaxstyle.methods.magenta.inference import embed
+from jaxstyle.methods.magenta.inference import load
+from jaxstyle.methods.magenta.inference import MagentaModel
+from jaxstyle.methods.magenta.inference import run_stylize
+from jaxstyle.methods.magenta.inference import stylize
+from jaxstyle.methods.magenta.model import ArbitraryStyleNet
+from jaxstyle.methods.magenta.model import MagentaConfig
+from jaxstyle.methods.magenta.trainer import MagentaTrainer
+from jaxstyle.methods.magenta.trainer import make_trainer

@@ -1,0 +1,60 @@
+"""Content/style training pairs for the arbitrary-style network.
+
+(The same small class as `jaxstyle.methods.adain.pairs`: methods do not import each other.)
+
+Both sides are random crops from image folders (`jaxstyle.data.ImageFolder`); the reference trains
+on ImageNet content and Painter-by-Numbers + DTD styles at 256 px. Without folders the content
+falls back to `jaxstyle.data.SampleImages` and the style to crops of
+`jaxstyle.image.sample_style()`.
+Every batch is a pure function of (seed, step), so a resumed run sees the same data.
+"""
+from typing import Dict, Optional
+
+import numpy as np
+
+from jaxstyle import data
+from jaxstyle import image
+
+# Distinct streams for the two sides, so content and style crops are not correlated.
+_STYLE_SEED_OFFSET = 7919
+
+
+def _images(batch: Dict[str, np.ndarray]) -> np.ndarray:
+  return batch["image"] if "image" in batch else batch["content"]
+
+
+class ContentStylePairs:
+  """Batches `{'content': [B, S, S, 3], 'style': [B, S, S, 3]}` in [0, 1].
+
+  Args:
+    content_dir: folder of content photos, or None for the bundled samples.
+    style_dir: folder of style images, or None for crops of the sample style.
+    image_size: crop side S.
+    seed: data seed.
+    load_size: short side images are resized to before cropping (None: 2 * S, the reference's
+      512 -> 256 ratio).
+  """
+
+  def __init__(self, content_dir: Optional[str], style_dir: Optional[str], image_size: int, *,
+               seed: int, load_size: Optional[int] = None):
+    load_size = max(load_size or 2 * image_size, image_size)
+    self.content = data.image_source(content_dir, image_size, seed=seed, load_size=load_size)
+    style_seed = seed + _STYLE_SEED_OFFSET
+    if style_dir is None:
+      self.style = data.SampleImages(image_size, seed=style_seed, load_size=load_size,
+                                     images=[image.sample_style()])
+    else:
+      self.style = data.ImageFolder(style_dir, image_size, seed=style_seed, load_size=load_size)
+
+  @property
+  def num_skipped(self) -> int:
+    return sum(getattr(s, "num_skipped", 0) for s in (self.content, self.style))
+
+  def batch(self, step: int, batch_size: int) -> Dict[str, np.ndarray]:
+    return {"content": _images(self.content.batch(step, batch_size)),
+            "style": _images(self.style.batch(step, batch_size))}
+
+  def close(self):
+    for s in (self.content, self.style):
+      if hasattr(s, "close"):
+        s.close()
