@@ -5,6 +5,7 @@
 """
 from jaxstyle.data.folder import IMAGE_SUFFIXES, ImageFolder, find_images
 from jaxstyle.data.samples import SampleImages, load_samples
+from jaxstyle.data.pairs import ContentStylePairs
 
 
 def image_source(root, image_size, *, seed, **kwargs):

@@ -3,7 +3,7 @@ Normalization".
 
 A frozen VGG encoder, AdaIN on relu4_1 and a trained decoder: `model` (Decoder, AdaINConfig),
 `trainer` (make_trainer for `launch/train.py`), `inference` (load, stylize, run_stylize for
-`launch/stylize.py`), `pairs` (content/style training batches).
+`launch/stylize.py`).
 """
 from jaxstyle.methods.adain.inference import AdaINModel
 from jaxstyle.methods.adain.inference import load

@@ -18,7 +18,7 @@ from jaxstyle import api
 from jaxstyle import vgg
 from jaxstyle.losses import basic as basic_losses
 from jaxstyle.losses import style as style_losses
-from jaxstyle.methods.adain import pairs
+from jaxstyle.data import pairs
 from jaxstyle.methods.adain.model import AdaINConfig
 from jaxstyle.methods.adain.model import Decoder
 from jaxstyle.methods.adain.model import ENCODER_LAYER

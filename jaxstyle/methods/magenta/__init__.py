@@ -2,7 +2,7 @@
 image to an embedding whose per-layer gamma/beta condition the instance norms of a transformer.
 
 `model` (ArbitraryStyleNet, MagentaConfig), `trainer` (make_trainer for `launch/train.py`),
-`inference` (load, stylize, run_stylize for `launch/stylize.py`), `pairs` (training batches).
+`inference` (load, stylize, run_stylize for `launch/stylize.py`).
 """
 from jaxstyle.methods.magenta.inference import embed
 from jaxstyle.methods.magenta.inference import load

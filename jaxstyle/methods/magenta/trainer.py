@@ -16,7 +16,7 @@ from jaxstyle import vgg
 from jaxstyle.losses import basic as basic_losses
 from jaxstyle.losses import perceptual
 from jaxstyle.losses import style as style_losses
-from jaxstyle.methods.magenta import pairs
+from jaxstyle.data import pairs
 from jaxstyle.methods.magenta.model import ArbitraryStyleNet
 from jaxstyle.methods.magenta.model import MagentaConfig
 from jaxstyle.methods.magenta.model import pooled_features

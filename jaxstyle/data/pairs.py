@@ -1,9 +1,7 @@
-"""Content/style training pairs for the arbitrary-style network.
+"""Content/style training pairs for arbitrary-style methods (AdaIN, Magenta).
 
-(The same small class as `jaxstyle.methods.adain.pairs`: methods do not import each other.)
-
-Both sides are random crops from image folders (`jaxstyle.data.ImageFolder`); the reference trains
-on ImageNet content and Painter-by-Numbers + DTD styles at 256 px. Without folders the content
+Both sides are random crops from image folders (`jaxstyle.data.ImageFolder`), as in the AdaIN
+reference (MS-COCO + WikiArt, resized to 512 then cropped to 256). Without folders the content
 falls back to `jaxstyle.data.SampleImages` and the style to crops of
 `jaxstyle.image.sample_style()`.
 Every batch is a pure function of (seed, step), so a resumed run sees the same data.
@@ -12,8 +10,9 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from jaxstyle import data
 from jaxstyle import image
+from jaxstyle.data.folder import ImageFolder
+from jaxstyle.data.samples import SampleImages
 
 # Distinct streams for the two sides, so content and style crops are not correlated.
 _STYLE_SEED_OFFSET = 7919
@@ -38,13 +37,16 @@ class ContentStylePairs:
   def __init__(self, content_dir: Optional[str], style_dir: Optional[str], image_size: int, *,
                seed: int, load_size: Optional[int] = None):
     load_size = max(load_size or 2 * image_size, image_size)
-    self.content = data.image_source(content_dir, image_size, seed=seed, load_size=load_size)
+    if content_dir is None:
+      self.content = SampleImages(image_size, seed=seed, load_size=load_size)
+    else:
+      self.content = ImageFolder(content_dir, image_size, seed=seed, load_size=load_size)
     style_seed = seed + _STYLE_SEED_OFFSET
     if style_dir is None:
-      self.style = data.SampleImages(image_size, seed=style_seed, load_size=load_size,
+      self.style = SampleImages(image_size, seed=style_seed, load_size=load_size,
                                      images=[image.sample_style()])
     else:
-      self.style = data.ImageFolder(style_dir, image_size, seed=style_seed, load_size=load_size)
+      self.style = ImageFolder(style_dir, image_size, seed=style_seed, load_size=load_size)
 
   @property
   def num_skipped(self) -> int:
