@@ -1,8 +1,10 @@
-"""What every launcher shares: one-line errors instead of tracebacks, and output path checks."""
+"""What every launcher shares: one-line errors, quiet logs, output path checks."""
 import os
 import sys
+import tempfile
 
 from absl import app
+from absl import flags
 from absl import logging
 
 from jaxstyle.errors import ConfigError, JaxstyleError
@@ -10,25 +12,75 @@ from jaxstyle.errors import ConfigError, JaxstyleError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def fail(message: str, code: int = 2):
+  """Prints `error: <message>` as the single line on stderr and exits with `code`."""
+  sys.stdout.flush()
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+  # A failed orbax restore leaves coroutines behind that complain ("Exception ignored in ...",
+  # with a traceback) when the interpreter collects them at exit; the error is already reported.
+  sys.unraisablehook = lambda unraisable: None
+  sys.exit(code)
+
+
+def _parse_flags(argv):
+  # absl's own parser prints a two-line "FATAL Flags parsing error" and exits 1; a mistyped flag
+  # is user input like any other, so it gets the launchers' one-line form and exit code 2.
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e).strip().splitlines()[0] if str(e).strip() else "bad flags")
+
+
+def _not_orbax(record) -> bool:
+  return f"{os.sep}orbax{os.sep}" not in (record.pathname or "")
+
+
+def quiet_logging():
+  """Shows warnings and errors only, and nothing from orbax, unless --verbosity/-v is given.
+
+  absl turns INFO on after parsing flags, and orbax and jax log dozens of INFO lines per
+  checkpoint: they would bury a launcher's own output and its one-line errors. Orbax also logs
+  warnings and errors on its way to raising for an unreadable checkpoint; what matters reaches
+  the user as that exception's one-line `error:`.
+  """
+  if flags.FLAGS["verbosity"].present:
+    return
+  logging.set_verbosity(logging.WARNING)
+  handler = logging.get_absl_handler()
+  if _not_orbax not in handler.filters:
+    handler.addFilter(_not_orbax)
+
+
 def run(main):
-  """`absl.app.run(main)`, printing `error: ...` and exiting 2 on a JaxstyleError."""
+  """`absl.app.run(main)`, printing `error: ...` and exiting 2 on a JaxstyleError or bad flags."""
 
   def guarded(argv):
+    quiet_logging()
     try:
       return main(argv)
     except JaxstyleError as e:
-      logging.flush() if hasattr(logging, "flush") else None
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      fail(str(e))
     except KeyboardInterrupt:
-      print("error: interrupted", file=sys.stderr)
-      sys.exit(130)
+      fail("interrupted", 130)
 
-  app.run(guarded)
+  app.run(guarded, flags_parser=_parse_flags)
+
+
+def _nearest_existing(path: str) -> str:
+  while not os.path.exists(path):
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  return path
 
 
 def check_output_path(path: str, *, overwrite: bool, suffixes=IMAGE_SUFFIXES) -> str:
-  """Fails early (before any compute) when `path` cannot become the requested output file."""
+  """Fails early (before any compute) when `path` cannot become the requested output file.
+
+  Creates nothing: a run that fails later must not leave new (empty) folders behind; the writer
+  creates the parent folders when it saves.
+  """
   if not path:
     raise ConfigError("an output path is required")
   path = os.path.abspath(os.path.expanduser(path))
@@ -39,12 +91,19 @@ def check_output_path(path: str, *, overwrite: bool, suffixes=IMAGE_SUFFIXES) ->
   if os.path.exists(path) and not overwrite:
     raise ConfigError(f"output {path} exists (pass --overwrite to replace it)")
   parent = os.path.dirname(path)
+  existing = _nearest_existing(parent)
+  if not os.path.isdir(existing):
+    raise ConfigError(f"cannot create output directory {parent}: {existing} is not a directory")
+  # os.access says yes to root even on read-only mounts (and /sys, /proc): try a real file.
   try:
-    os.makedirs(parent, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".jaxstyle-probe-", dir=existing)
+    os.close(fd)
+    os.unlink(probe)
   except OSError as e:
-    raise ConfigError(f"cannot create output directory {parent}: {e.strerror}") from None
-  if not os.access(parent, os.W_OK):
-    raise ConfigError(f"output directory {parent} is not writable")
+    if existing == parent:
+      raise ConfigError(f"output directory {parent} is not writable ({e.strerror})") from None
+    raise ConfigError(f"cannot create output directory {parent}: {existing} is not writable "
+                      f"({e.strerror})") from None
   return path
 
 

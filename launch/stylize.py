@@ -28,7 +28,7 @@ _STYLE_WEIGHTS = flags.DEFINE_list("style_weights", [], "Blend weight per --styl
 _MASK = flags.DEFINE_multi_string(
     "mask", [], "Spatial control: one mask image per --style (white = that style's region).")
 _SIZE = flags.DEFINE_integer("size", 256, "Long side of the output image in pixels.")
-_STEPS = flags.DEFINE_integer("steps", 200, "Optimisation steps (gatys/histogram), per scale.")
+_STEPS = flags.DEFINE_integer("steps", 100, "Optimisation steps (gatys/histogram), per scale.")
 _OPTIMIZER = flags.DEFINE_enum("optimizer", "lbfgs", ["lbfgs", "adam"], "Optimiser (gatys/histogram).")
 _LR = flags.DEFINE_float("learning_rate", None, "Optimiser learning rate; unset = the method's default.")
 _INIT = flags.DEFINE_string("init", "content", "Start image: content, noise, or a path (gatys/histogram).")
@@ -78,22 +78,28 @@ def build_request() -> api.StylizeRequest:
     content = None
   else:
     content = image.load_image(_CONTENT.value, _SIZE.value)
+  try:
+    style_index = [int(i) for i in _STYLE_INDEX.value] or None
+  except ValueError:
+    raise ConfigError("--style_index must be integers") from None
   style_size = _STYLE_SIZE.value or _SIZE.value
   styles = [image.load_image(p, style_size) for p in _STYLE.value]
-  if not styles:
+  if not styles and style_index is None:
     styles = [image.resize_long_side(image.sample_style(), style_size)]
+  # Styles of a multi-style checkpoint are picked by index; blend weights and masks then count them.
+  num_styles = len(styles) if styles else len(style_index)
 
   weights = _floats("style_weights", _STYLE_WEIGHTS.value) or None
   if weights is not None:
-    if len(weights) != len(styles):
-      raise ConfigError(f"--style_weights has {len(weights)} values for {len(styles)} styles")
+    if len(weights) != num_styles:
+      raise ConfigError(f"--style_weights has {len(weights)} values for {num_styles} styles")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
       raise ConfigError("--style_weights must be non-negative and not all zero")
     weights = [w / sum(weights) for w in weights]
   masks = None
   if _MASK.value:
-    if len(_MASK.value) != len(styles):
-      raise ConfigError(f"--mask given {len(_MASK.value)} times for {len(styles)} styles")
+    if len(_MASK.value) != num_styles:
+      raise ConfigError(f"--mask given {len(_MASK.value)} times for {num_styles} styles")
     if content is None:
       raise ConfigError("--mask needs a --content image")
     masks = [image.load_mask(p, content.shape[:2]) for p in _MASK.value]
@@ -103,10 +109,6 @@ def build_request() -> api.StylizeRequest:
     init = "noise"
   else:
     init = _INIT.value
-  try:
-    style_index = [int(i) for i in _STYLE_INDEX.value] or None
-  except ValueError:
-    raise ConfigError("--style_index must be integers") from None
   if _CHECKPOINT.value is not None and not os.path.exists(_CHECKPOINT.value):
     raise ConfigError(f"checkpoint {_CHECKPOINT.value} does not exist")
   return api.StylizeRequest(

@@ -66,13 +66,45 @@ def build_request() -> api.TrainRequest:
       overrides=api.parse_overrides(_SET.value))
 
 
+def _print_progress(request):
+  """A loop hook printing `step N/M loss=...` to stdout every `log_every` steps.
+
+  The launchers log warnings only by default (see common.quiet_logging), so this is the visible
+  progress; it also lets a supervisor (or a test) see how far a run got.
+  """
+
+  def hook(step, state, metrics):
+    del state
+    if step % request.log_every == 0 or step == request.steps:
+      print(f"step {step}/{request.steps} loss={float(metrics['loss']):.6g}", flush=True)
+
+  return hook
+
+
 def main(argv):
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from jaxstyle.train import loop  # pylint: disable=g-import-not-at-top
   request = build_request()
+  # Imported after the flag checks: orbax and the loop take seconds to import.
+  from jaxstyle.train import checkpoint  # pylint: disable=g-import-not-at-top
+  from jaxstyle.train import loop  # pylint: disable=g-import-not-at-top
+  # Orbax would only fail on this at the first save, after all the compute.
+  checkpoints = os.path.join(request.workdir, checkpoint.CHECKPOINT_DIR)
+  if os.path.exists(checkpoints) and not os.path.isdir(checkpoints):
+    raise ConfigError(f"{checkpoints} exists and is not a directory")
   trainer, dataset = api.get_method(request.method).make_trainer(request)
-  loop.train(trainer, dataset, request)
+  # The first batch fails on a folder of only unreadable files: find out before the loop creates
+  # the workdir, so a run that cannot start leaves nothing behind.
+  dataset.batch(0, request.batch_size)
+  start = checkpoint.latest_step(request.workdir) if os.path.isdir(request.workdir) else None
+  if start:
+    print(f"resuming {request.workdir} from step {start}", flush=True)
+  state = loop.train(trainer, dataset, request, hooks=[_print_progress(request)])
+  step = int(state.step)
+  done = "finished" if step >= request.steps else "stopped (checkpoint saved)"
+  skipped = getattr(dataset, "num_skipped", None)
+  note = f"; skipped {skipped} unreadable image file(s)" if skipped is not None else ""
+  print(f"{done} at step {step}/{request.steps} in {request.workdir}{note}", flush=True)
 
 
 if __name__ == "__main__":

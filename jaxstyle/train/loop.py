@@ -58,13 +58,18 @@ class _StopOnSignal:
     return False
 
 
-def _write_config(trainer, request) -> None:
+def _check_workdir(request) -> None:
+  """Refuses a workdir that holds another method's run, before anything is written there."""
   path = os.path.join(request.workdir, checkpoint.CONFIG_FILE)
   if os.path.exists(path):
     old = checkpoint.load_config(request.workdir).get("method")
     if old not in (None, request.method):
       raise CheckpointError(f"workdir {request.workdir} holds a {old} run, not "
                             f"{request.method}; use another --workdir")
+
+
+def _write_config(trainer, request) -> None:
+  """Records how to rebuild the model; called only once the checkpoint (if any) fits it."""
   train = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)
            if f.name != "progress"} if dataclasses.is_dataclass(request) else {}
   config_dict = getattr(trainer, "config_dict", None)
@@ -92,8 +97,8 @@ def train(trainer: Any, dataset: Any, request: Any, *, hooks: Optional[Sequence[
     CheckpointError: the workdir's checkpoint belongs to another model.
   """
   api.check_trainer(trainer)
+  _check_workdir(request)
   os.makedirs(request.workdir, exist_ok=True)
-  _write_config(trainer, request)
   mesh = sharding.make_mesh(request.batch_size, devices)
   manager = checkpoint.Manager(request.workdir, keep=request.keep_checkpoints)
   writer = summaries_lib.Summaries(request.workdir)
@@ -135,6 +140,9 @@ def _run(trainer, dataset, request, mesh, manager, writer, hooks, stop) -> Train
   state_sh = sharding.state_shardings(trainer, abstract, mesh)
   abstract_sh = sharding.with_shardings(abstract, state_sh)
   restored = manager.restore_latest(abstract_sh)
+  # Written after the restore succeeded, so a resume with other model settings, which fails the
+  # restore, cannot leave a config.json that no longer describes the saved model.
+  _write_config(trainer, request)
   has_frozen = bool(jax.tree_util.tree_leaves(abstract.frozen))
   if restored is None or has_frozen:
     # Leaves only: `init` builds a new optax `tx` (a static field) on every call, so the state's
