@@ -1,0 +1,95 @@
+"""Stylizing with a trained Johnson network: `load`, `stylize` and the launcher's `run_stylize`."""
+import dataclasses
+import functools
+from typing import Any, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxstyle import api
+from jaxstyle import image
+from jaxstyle.errors import CheckpointError
+from jaxstyle.errors import ConfigError
+from jaxstyle.methods.johnson.model import JohnsonConfig
+from jaxstyle.methods.johnson.model import TransformerNet
+from jaxstyle.train import checkpoint
+
+METHOD = "johnson"
+
+
+def config_from_dict(d: dict) -> JohnsonConfig:
+  """Rebuilds a JohnsonConfig from `config.json` (lists back to tuples; unknown keys rejected)."""
+  fields = {f.name for f in dataclasses.fields(JohnsonConfig)}
+  unknown = set(d) - fields
+  if unknown:
+    raise CheckpointError(f"checkpoint config has unknown Johnson settings: {sorted(unknown)}")
+  return JohnsonConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def load(workdir: str) -> Tuple[TransformerNet, Any, JohnsonConfig]:
+  """Loads a trained model from a training workdir.
+
+  Returns:
+    (model, params, config).
+  Raises:
+    CheckpointError: the workdir holds no Johnson checkpoint.
+  """
+  saved = checkpoint.load_config(workdir)
+  if saved.get("method") != METHOD:
+    raise CheckpointError(f"{workdir} holds a {saved.get('method')!r} model, not {METHOD}")
+  try:
+    config = config_from_dict(saved["config"]["model"])
+  except (KeyError, TypeError):
+    raise CheckpointError(f"{workdir}/config.json has no Johnson model settings") from None
+  params = checkpoint.load_params(workdir)
+  return TransformerNet(config), params, config
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _apply(model, params, x):
+  return model.apply({"params": params}, x)
+
+
+def stylize(model: TransformerNet, params: Any, content01: np.ndarray, *,
+            preserve_color: str = "none") -> np.ndarray:
+  """Stylizes one image [H, W, 3] in [0, 1] -> [H, W, 3] in [0, 1].
+
+  Odd sizes are reflect-padded to a multiple of 4 (the network downsamples twice) and cropped back.
+  `preserve_color='luminance'` keeps the content's chrominance (Gatys et al. 2017 colour control).
+  """
+  content01 = np.asarray(content01, np.float32)
+  h, w = content01.shape[:2]
+  ph, pw = (-h) % 4, (-w) % 4
+  x = np.pad(content01, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 4 else "edge")
+  out = np.asarray(_apply(model, params, jnp.asarray(x)[None]))[0, :h, :w]
+  out = np.clip(out, 0.0, 1.0)
+  if preserve_color == "luminance":
+    out = np.asarray(image.luminance_transfer(content01, out), np.float32)
+  elif preserve_color != "none":
+    raise ConfigError(f"johnson supports --preserve_color=none|luminance, got {preserve_color}")
+  return out
+
+
+def run_stylize(request: api.StylizeRequest) -> np.ndarray:
+  """`launch/stylize.py --method=johnson --checkpoint=<workdir>` (the style is baked in)."""
+  if request.checkpoint is None:
+    raise ConfigError("johnson needs --checkpoint=<training workdir>")
+  if request.content is None:
+    raise ConfigError("johnson needs a --content image")
+  if request.masks:
+    raise ConfigError("johnson has no spatial control: --mask is not supported")
+  if request.style_index:
+    raise ConfigError("johnson models hold one style: --style_index is not supported")
+  if request.style_weights is not None and len(request.style_weights) > 1:
+    raise ConfigError("johnson models hold one style: --style_weights is not supported")
+  if request.alpha != 1.0:
+    raise ConfigError("johnson fixes the content/style trade-off at training time: --alpha "
+                      "is not supported (retrain with --set style_weight=...)")
+  if request.style_size is not None:
+    raise ConfigError("johnson fixes the brush size at training time: --style_size is not "
+                      "supported")
+  if request.overrides:
+    raise ConfigError(f"johnson stylize takes no --set options, got {', '.join(request.overrides)}")
+  model, params, _ = load(request.checkpoint)
+  return stylize(model, params, request.content, preserve_color=request.preserve_color)
