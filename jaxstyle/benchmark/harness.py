@@ -4,8 +4,9 @@
 the same way, so that the ratios the benchmark reports compare like with like.
 """
 import dataclasses
+import os
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import jax
 import numpy as np
@@ -22,17 +23,28 @@ PEAK_FLOPS = {
 
 @dataclasses.dataclass
 class Timing:
-  """Seconds per call (mean over `repeats` timed calls after warm-up) and what XLA says of the work."""
+  """Seconds per call over the timed calls after warm-up, and what XLA says of the work.
+
+  `seconds` is the median (robust to the load spikes of a shared machine); `mean` and `stdev`
+  describe the spread.
+  """
   seconds: float
   stdev: float
   repeats: int
   compile_seconds: Optional[float] = None
   flops: Optional[float] = None          # per call, from XLA's cost analysis
   peak_bytes: Optional[int] = None       # device peak memory, where the backend reports it
+  xla_bytes: Optional[int] = None        # arguments + outputs + temporaries of the executable
+  mean: Optional[float] = None
 
   @property
   def flops_per_second(self) -> Optional[float]:
     return self.flops / self.seconds if self.flops else None
+
+  @classmethod
+  def from_times(cls, times: Sequence[float], **kw) -> "Timing":
+    return cls(seconds=float(np.median(times)), stdev=float(np.std(times)), repeats=len(times),
+               mean=float(np.mean(times)), **kw)
 
 
 def device_peak_flops(dtype: str, device=None) -> Optional[float]:
@@ -60,8 +72,24 @@ def _peak_bytes() -> Optional[int]:
   return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
+def _xla_bytes(compiled) -> Optional[int]:
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except  # Not every backend implements it.
+    return None
+  if m is None:
+    return None
+  parts = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+           "alias_size_in_bytes")
+  sizes = [getattr(m, p, None) for p in parts]
+  if sizes[0] is None:
+    return None
+  # Donated (aliased) outputs reuse argument buffers: count them once.
+  return int(sum(v or 0 for v in sizes[:3]) - (sizes[3] or 0))
+
+
 def _timed_loop(call: Callable[[], Any], sync: Callable[[Any], Any], repeats: int,
-                min_seconds: float) -> Sequence[float]:
+                min_seconds: float) -> List[float]:
   times = []
   start_all = time.perf_counter()
   while len(times) < repeats or (time.perf_counter() - start_all < min_seconds and len(times) < 1000):
@@ -71,47 +99,94 @@ def _timed_loop(call: Callable[[], Any], sync: Callable[[Any], Any], repeats: in
   return times
 
 
-def time_jax(fn: Callable, args: Sequence[Any], *, repeats: int = 10, warmup: int = 2,
-             min_seconds: float = 0.0, donate_argnums=(), carry: bool = False) -> Timing:
-  """Compiles `fn(*args)` once (timed apart), then times `repeats` calls.
+class JaxBench:
+  """A compiled XLA executable ready to be timed in several rounds (compile timed apart).
 
-  With `carry=True` the first output is fed back as the first argument (a train step or an optimiser
-  iteration), which is what makes donation of the state possible without re-creating it each call.
+  With `carry=True` the first output is fed back as the first argument (a train step or an
+  optimiser iteration), which is what makes donation of the state possible without re-creating it
+  each call.
   """
-  jitted = jax.jit(fn, donate_argnums=donate_argnums)
-  t0 = time.perf_counter()
-  compiled = jitted.lower(*args).compile()
-  compile_seconds = time.perf_counter() - t0
-  state = {"args": list(args)}
 
-  def call():
-    out = compiled(*state["args"])
-    if carry:
-      state["args"][0] = out[0] if isinstance(out, tuple) else out
+  def __init__(self, fn: Callable, args: Sequence[Any], *, donate_argnums=(), carry: bool = False):
+    jitted = jax.jit(fn, donate_argnums=donate_argnums)
+    t0 = time.perf_counter()
+    self.compiled = jitted.lower(*args).compile()
+    self.compile_seconds = time.perf_counter() - t0
+    self.flops = _flops(self.compiled)
+    self.xla_bytes = _xla_bytes(self.compiled)
+    self.carry = carry
+    self.args = list(args)
+    self.times: List[float] = []
+
+  def call(self):
+    out = self.compiled(*self.args)
+    if self.carry:
+      self.args[0] = out[0] if isinstance(out, tuple) else out
     return out
 
-  for _ in range(warmup):
-    jax.block_until_ready(call())
-  times = _timed_loop(call, jax.block_until_ready, repeats, min_seconds)
-  return Timing(seconds=float(np.mean(times)), stdev=float(np.std(times)), repeats=len(times),
-                compile_seconds=compile_seconds, flops=_flops(compiled), peak_bytes=_peak_bytes())
+  def run(self, repeats: int, warmup: int = 0, min_seconds: float = 0.0) -> List[float]:
+    for _ in range(warmup):
+      jax.block_until_ready(self.call())
+    times = _timed_loop(self.call, jax.block_until_ready, repeats, min_seconds)
+    self.times += times
+    return times
+
+  def timing(self) -> Timing:
+    return Timing.from_times(self.times, compile_seconds=self.compile_seconds, flops=self.flops,
+                             peak_bytes=_peak_bytes(), xla_bytes=self.xla_bytes)
+
+
+class TorchBench:
+  """A PyTorch callable timed like `JaxBench`; the first (warm-up) calls include torch.compile."""
+
+  def __init__(self, fn: Callable[[], Any]):
+    import torch  # pylint: disable=g-import-not-at-top
+    self._torch = torch
+    self.fn = fn
+    self.first_seconds: Optional[float] = None
+    self.times: List[float] = []
+
+  def _sync(self, out):
+    if self._torch.cuda.is_available():
+      self._torch.cuda.synchronize()
+    return out
+
+  def run(self, repeats: int, warmup: int = 0, min_seconds: float = 0.0) -> List[float]:
+    if self.first_seconds is None:
+      t0 = time.perf_counter()
+      self._sync(self.fn())  # The first call of a torch.compile'd function compiles.
+      self.first_seconds = time.perf_counter() - t0
+    for _ in range(warmup):
+      self._sync(self.fn())
+    times = _timed_loop(self.fn, self._sync, repeats, min_seconds)
+    self.times += times
+    return times
+
+  def timing(self) -> Timing:
+    torch = self._torch
+    peak = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+    return Timing.from_times(self.times, compile_seconds=self.first_seconds, peak_bytes=peak)
+
+
+def time_jax(fn: Callable, args: Sequence[Any], *, repeats: int = 10, warmup: int = 2,
+             min_seconds: float = 0.0, donate_argnums=(), carry: bool = False) -> Timing:
+  """Compiles `fn(*args)` once (timed apart), then times `repeats` calls (see `JaxBench`)."""
+  bench = JaxBench(fn, args, donate_argnums=donate_argnums, carry=carry)
+  bench.run(repeats, warmup, min_seconds)
+  return bench.timing()
 
 
 def time_torch(fn: Callable, args: Sequence[Any], *, repeats: int = 10, warmup: int = 2,
                min_seconds: float = 0.0) -> Timing:
-  """Times a PyTorch callable under `torch.no_grad` unless it needs gradients itself."""
-  import torch  # pylint: disable=g-import-not-at-top
+  """Times a PyTorch callable `fn(*args)` (see `TorchBench`)."""
+  bench = TorchBench(lambda: fn(*args))
+  bench.run(repeats, max(warmup - 1, 0), min_seconds)
+  return bench.timing()
 
-  def sync(out):
-    if torch.cuda.is_available():
-      torch.cuda.synchronize()
-    return out
 
-  t0 = time.perf_counter()
-  for _ in range(max(warmup, 1)):  # The first call of a torch.compile'd function compiles.
-    sync(fn(*args))
-  first = time.perf_counter() - t0
-  times = _timed_loop(lambda: fn(*args), sync, repeats, min_seconds)
-  peak = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
-  return Timing(seconds=float(np.mean(times)), stdev=float(np.std(times)), repeats=len(times),
-                compile_seconds=first, peak_bytes=peak)
+def cpu_threads() -> int:
+  """Threads XLA's CPU backend runs on: one per schedulable core (its default thread pool size)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    return os.cpu_count() or 1

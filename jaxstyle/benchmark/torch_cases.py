@@ -1,0 +1,137 @@
+"""PyTorch twins of the benchmark cases (see `torch_models`), built from the JAX cases' weights.
+
+Each twin runs the same architecture on the same inputs; `check` compares it with the JAX output
+before anything is timed, and the runner refuses to time a twin that disagrees.
+"""
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from jaxstyle import optimize
+from jaxstyle.benchmark import torch_models as tm
+from jaxstyle.benchmark.case import TorchTwin, max_abs_err, tolerance
+
+
+def _torch_dtype(dtype) -> torch.dtype:
+  return torch.bfloat16 if dtype_name(dtype) == "bfloat16" else torch.float32
+
+
+def dtype_name(dtype) -> str:
+  return "float32" if dtype is None else jnp.dtype(dtype).name
+
+
+def _inference_twin(module: torch.nn.Module, inputs: Sequence[torch.Tensor], dtype) -> TorchTwin:
+  """Twin of a feed-forward case: `module(*inputs)` NCHW under no_grad vs the JAX NHWC output."""
+  tdtype = _torch_dtype(dtype)
+  module = module.eval().to(tdtype)
+  for p in module.parameters():
+    p.requires_grad_(False)
+  inputs = [i.to(tdtype) for i in inputs]
+
+  def make_fn(compiled: bool):
+    model = torch.compile(module) if compiled else module
+
+    def call():
+      with torch.no_grad():
+        return model(*inputs)
+    return call
+
+  def check(reference):
+    with torch.no_grad():
+      out = tm.nhwc(module(*inputs))
+    return max_abs_err(out, reference), tolerance(reference, dtype_name(dtype))
+
+  return TorchTwin(make_fn, check)
+
+
+def johnson_twin(config, params, x, dtype) -> TorchTwin:
+  net = tm.JohnsonNet(config.channels(), config.num_residual, config.pixel_scale).load(params)
+  return _inference_twin(net, [tm.nchw(x)], dtype)
+
+
+def msgnet_twin(config, params, x, gram, dtype) -> TorchTwin:
+  net = tm.MSGNet(config.ngf, config.stem_features, config.n_blocks, config.pixel_scale,
+                  getattr(config, "output_offset", 0.0)).load(params)
+  if config.norm_affine:
+    raise NotImplementedError("the PyTorch MSG-Net twin has no affine instance norms")
+  return _inference_twin(net, [tm.nchw(x), torch.from_numpy(np.array(gram, np.float32))], dtype)
+
+
+def adain_twin(config, encoder, params, x, style, dtype) -> TorchTwin:
+  enc = tm.VGGFeatures(encoder.depth, encoder.widths, encoder.pooling, encoder.padding,
+                       encoder.convention).load(encoder.params)
+  dec = tm.AdaINDecoder(config.channels(), encoder.depth, encoder.widths[3]).load(params)
+  return _inference_twin(tm.AdaINNet(enc, dec, config.eps), [tm.nchw(x), tm.nchw(style)], dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Gatys: one Adam iteration on the image
+
+
+def gatys_twin(objective, args, content, spec: optimize.OptimizerSpec, slack: float) -> TorchTwin:
+  """Loss + backward + `torch.optim.Adam` step on z, with x = (1 + 2s) sigmoid(z) - s."""
+  net_j = args["net"]
+  net = tm.VGGFeatures(net_j.depth, net_j.widths, net_j.pooling, net_j.padding,
+                       net_j.convention).load(net_j.params)
+  for p in net.parameters():
+    p.requires_grad_(False)
+  layers = objective.layers()
+  content_t = {k: tm.nchw(v) for k, v in args["content"].items()}
+  grams_t = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in args["grams"].items()}
+  blend = [float(b) for b in np.asarray(args["blend"])]
+  # Per-layer loss divisors (the method normalises each layer by its target's mean square).
+  scale = jax.tree.map(lambda v: np.asarray(v, np.float64), args.get("scale"))
+  content_div = lambda l: float(scale["content"][l]) if scale else 1.0
+  style_div = lambda l, s: float(scale["style"][l][s]) if scale else 1.0
+
+  def loss_fn(z: torch.Tensor) -> torch.Tensor:
+    x = (1.0 + 2.0 * slack) * torch.sigmoid(z) - slack
+    feats = net(x, layers)
+    loss = torch.zeros(())
+    for layer, w in zip(objective.content_layers, objective.content_layer_weights):
+      term = (feats[layer] - content_t[layer]).square().mean() / content_div(layer)
+      loss = loss + objective.content_weight * w * term
+    for layer, w in zip(objective.style_layers, objective.style_layer_weights):
+      g = tm.gram(feats[layer])
+      for s in range(objective.num_styles):
+        term = (g - grams_t[layer][s]).square().mean() / style_div(layer, s)
+        loss = loss + objective.style_weight * w * blend[s] * term
+    if objective.tv_weight:
+      # jaxstyle.losses.total_variation(x, 'l2', 'mean').
+      dy = (x[:, :, 1:, :] - x[:, :, :-1, :]).square().mean()
+      dx = (x[:, :, :, 1:] - x[:, :, :, :-1]).square().mean()
+      loss = loss + objective.tv_weight * (dy + dx)
+    return loss
+
+  z0 = tm.nchw(np.asarray(optimize.from_image(content, slack))[None])
+  lr = spec.learning_rate or optimize.DEFAULT_ADAM_LR
+
+  def make_fn(compiled: bool):
+    z = z0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    f = torch.compile(loss_fn) if compiled else loss_fn
+
+    def call():
+      opt.zero_grad(set_to_none=True)
+      loss = f(z)
+      loss.backward()
+      opt.step()
+      return loss
+    return call
+
+  def check(reference: Any):
+    """Relative error of the loss and of the gradient (max abs error / max |grad|), worst of two."""
+    loss_j, grad_j = reference
+    z = z0.clone().requires_grad_(True)
+    loss = loss_fn(z)
+    loss.backward()
+    loss = loss.detach()
+    loss_err = abs(loss.item() - loss_j) / max(abs(loss_j), 1e-12)
+    grad_t = tm.nhwc(z.grad)[0]
+    grad_err = max_abs_err(grad_t, grad_j) / max(float(np.max(np.abs(grad_j))), 1e-12)
+    return max(loss_err, grad_err), 1e-3
+
+  return TorchTwin(make_fn, check)
