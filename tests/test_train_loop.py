@@ -2,6 +2,8 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -173,3 +175,19 @@ def test_compute_dtype_follows_mixed_precision(tmp_path):
   assert precision.compute_dtype(toy.request(tmp_path)) == jnp.float32
   tree = precision.cast_floating({"w": jnp.ones(2), "i": jnp.ones(2, jnp.int32)}, jnp.bfloat16)
   assert tree["w"].dtype == jnp.bfloat16 and tree["i"].dtype == jnp.int32
+
+
+def test_params_saved_on_eight_devices_load_on_one(tmp_path):
+  """A model trained on a mesh must load for inference on a single-device machine."""
+  state = loop.train(toy.ToyTrainer(), toy.NoiseImages(), toy.request(tmp_path, steps=2, batch_size=8))
+  assert state.params["params"]["Conv_0"]["kernel"].sharding.num_devices == 8
+  np.save(tmp_path / "want.npy", _host(state.params)["params"]["Conv_0"]["kernel"])
+  script = ("import numpy as np, sys; from jaxstyle.train import checkpoint; "
+            "p = checkpoint.load_params(sys.argv[1]); "
+            "np.testing.assert_array_equal(p['params']['Conv_0']['kernel'], np.load(sys.argv[2])); "
+            "print('ok')")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  proc = subprocess.run([sys.executable, "-c", script, str(tmp_path), str(tmp_path / "want.npy")],
+                        env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]

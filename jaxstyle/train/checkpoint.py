@@ -166,12 +166,19 @@ def load_params(workdir: str, *, step: Optional[int] = None, with_extra: bool = 
   if not os.path.isdir(directory):
     raise CheckpointError(f"no checkpoints in {workdir}")
   try:
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+    manager = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler(),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
     step = manager.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoints in {workdir}")
-    # Restoring without a target gives plain nested dicts; only the parts asked for are kept.
-    tree = manager.restore(step, args=ocp.args.StandardRestore())
+    # The target is built from the saved shapes and placed on one local device: a model trained
+    # on 8 devices (or a TPU pod slice) must load on a laptop, whatever topology saved it.
+    metadata = manager.item_metadata(step)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        getattr(metadata, "tree", metadata))
+    tree = manager.restore(step, args=ocp.args.StandardRestore(target))
   except CheckpointError:
     raise
   except Exception as e:
