@@ -129,6 +129,10 @@ def main(argv):
   request = build_request()
   with tqdm.tqdm(total=None, desc=request.method, unit="step", disable=None) as bar:
     def progress(step, loss):
+      if bar.disable:  # No terminal (a log file, a batch job): a plain line now and then instead.
+        if step % 25 == 0:
+          print(f"step {step} loss={loss:.4g}", flush=True)
+        return
       bar.update(step - bar.n)
       bar.set_postfix(loss=f"{loss:.4g}")
     request.progress = progress
