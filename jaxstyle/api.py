@@ -129,3 +129,17 @@ def _cast(key: str, text: Any, current: Any) -> Any:
   except ValueError:
     raise ConfigError(f"bad value {text!r} for setting {key!r}") from None
   return text
+
+
+def config_from_dict(cls: Any, values: dict, *, strict: bool = True) -> Any:
+  """Rebuilds config dataclass `cls` from its `config.json` form (JSON lists back to tuples).
+
+  With `strict`, keys `cls` does not know raise CheckpointError (the checkpoint belongs to another
+  version of the model); otherwise they are ignored.
+  """
+  from jaxstyle.errors import CheckpointError  # pylint: disable=g-import-not-at-top
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = set(values) - fields
+  if unknown and strict:
+    raise CheckpointError(f"checkpoint config has unknown {cls.__name__} settings: {sorted(unknown)}")
+  return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in fields})

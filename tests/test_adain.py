@@ -13,7 +13,6 @@ from jaxstyle.errors import CheckpointError, ConfigError
 from jaxstyle.methods import adain
 from jaxstyle.methods.adain import inference as adain_inference
 from jaxstyle.methods.adain import model as adain_model
-from jaxstyle.data import pairs
 from jaxstyle.train import loop
 
 TINY = adain.AdaINConfig(width=1 / 16)  # decoder widths 4 / 8 / 16

@@ -268,3 +268,37 @@ def test_perceptual_loss_trains_with_random_vgg(smooth_image, stripes_image):
     x, state, val = step(x, state, net, grams)
     first = float(val) if first is None else first
   assert np.isfinite(float(val)) and float(val) < first
+
+
+def test_perceptual_loss_per_layer_normalisation_matches_numpy():
+  """style_scales / normalize_content divide each layer's loss by its target's mean square."""
+  rng = np.random.default_rng(0)
+  out = rng.uniform(size=(2, 8, 6, 3)).astype(np.float32)
+  content = rng.uniform(size=(2, 8, 6, 3)).astype(np.float32)
+  style = rng.uniform(size=(2, 10, 12, 3)).astype(np.float32)
+  net = _StandIn()
+  grams = perceptual.style_targets(net, style, ["a", "b"])
+  scales = perceptual.style_scales(grams)
+  fs, fo = net.features(style, ["a", "b"]), net.features(out, ["a", "b"])
+  fc = net.features(content, ["b"])
+  for k in "ab":
+    np.testing.assert_allclose(scales[k], np.mean(_np_gram(np.asarray(fs[k])) ** 2, axis=(1, 2)),
+                               rtol=1e-5)
+  _, parts = perceptual.perceptual_loss(net, out, content, grams, ["b"], ["a", "b"], 2.0, 3.0, 0.0,
+                                        layer_weights=[1.0, 0.5], style_scales=scales,
+                                        normalize_content=True)
+  fo_b, fc_b = np.asarray(fo["b"]), np.asarray(fc["b"])
+  content_ref = 2.0 * np.mean((fo_b - fc_b) ** 2) / np.mean(fc_b ** 2)
+  style_ref = 3.0 * sum(
+      w * np.mean(np.mean((_np_gram(np.asarray(fo[k])) - _np_gram(np.asarray(fs[k]))) ** 2,
+                          axis=(1, 2)) / np.asarray(scales[k]))
+      for k, w in (("a", 1.0), ("b", 0.5)))
+  np.testing.assert_allclose(parts["content"], content_ref, rtol=1e-5)
+  np.testing.assert_allclose(parts["style"], style_ref, rtol=1e-5)
+  # One style's scales ([1]) broadcast over the batch.
+  one = {k: v[:1] for k, v in grams.items()}
+  one_scales = perceptual.style_scales(one)
+  _, p1 = perceptual.perceptual_loss(net, out, content, one, [], ["a"], 0.0, 1.0, 0.0,
+                                     style_scales=one_scales)
+  want = np.mean((_np_gram(np.asarray(fo["a"])) - _np_gram(np.asarray(fs["a"]))[:1]) ** 2)
+  np.testing.assert_allclose(p1["style"], want / np.asarray(one_scales["a"])[0], rtol=1e-5)

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 
-import jax
 import pytest
 
 import _toy_trainer as toy

@@ -4,7 +4,6 @@ import dataclasses
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -12,9 +11,8 @@ from jaxstyle import api
 from jaxstyle.errors import ConfigError
 from jaxstyle.methods import tspr
 from jaxstyle.methods.tspr import losses, model, pool, trainer as trainer_lib
-from jaxstyle.methods.tspr.data import TSPRPairs, class_folders
+from jaxstyle.methods.tspr.data import class_folders
 from jaxstyle.train import loop
-from jaxstyle.train.state import TrainState
 
 torch = pytest.importorskip("torch")
 

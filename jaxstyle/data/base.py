@@ -8,7 +8,7 @@ run needs only its step, and parallel decoding gives exactly the serial result.
 import concurrent.futures
 import os
 import threading
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 from absl import logging
 import numpy as np

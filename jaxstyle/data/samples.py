@@ -3,7 +3,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from jaxstyle import image as image_lib
 from jaxstyle.data.base import BatchedImages
 
 # scikit-image's bundled colour photos (no download needed).

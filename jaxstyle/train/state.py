@@ -11,7 +11,7 @@ transformations keyed like the top level of a dict of `params`, e.g.
 Each part keeps its own optimiser state, so an update of one part never touches the other's
 moments (unlike `optax.multi_transform` with zero gradients, which would still decay them).
 """
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import flax
 import jax

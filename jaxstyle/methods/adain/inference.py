@@ -42,12 +42,8 @@ class AdaINModel:
 
 
 def config_from_dict(d: dict) -> AdaINConfig:
-  """Rebuilds an AdaINConfig from `config.json` (lists back to tuples; unknown keys rejected)."""
-  fields = {f.name for f in dataclasses.fields(AdaINConfig)}
-  unknown = set(d) - fields
-  if unknown:
-    raise CheckpointError(f"checkpoint config has unknown AdaIN settings: {sorted(unknown)}")
-  return AdaINConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+  """Rebuilds a AdaINConfig from `config.json` (unknown keys rejected)."""
+  return api.config_from_dict(AdaINConfig, d)
 
 
 def load(workdir: str, *, loss_net: Optional[vgg.LossNet] = None

@@ -1,5 +1,4 @@
 """Stylizing with a trained Johnson network: `load`, `stylize` and the launcher's `run_stylize`."""
-import dataclasses
 import functools
 from typing import Any, Tuple
 
@@ -19,12 +18,8 @@ METHOD = "johnson"
 
 
 def config_from_dict(d: dict) -> JohnsonConfig:
-  """Rebuilds a JohnsonConfig from `config.json` (lists back to tuples; unknown keys rejected)."""
-  fields = {f.name for f in dataclasses.fields(JohnsonConfig)}
-  unknown = set(d) - fields
-  if unknown:
-    raise CheckpointError(f"checkpoint config has unknown Johnson settings: {sorted(unknown)}")
-  return JohnsonConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+  """Rebuilds a JohnsonConfig from `config.json` (unknown keys rejected)."""
+  return api.config_from_dict(JohnsonConfig, d)
 
 
 def load(workdir: str) -> Tuple[TransformerNet, Any, JohnsonConfig]:

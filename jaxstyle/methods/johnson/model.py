@@ -33,6 +33,9 @@ class JohnsonConfig:
   style_layer_weights: Tuple[float, ...] = ()   # one per style layer; () = all 1
   tv_weight: float = 1e-6
   gram_normalize: str = "chw"
+  # Each layer's loss / its target's mean square (see below). Off by default: the raw weights above
+  # are the ones checked by hand to stylise visibly with the HED VGG16; MSG-Net and StyleBank need it on.
+  normalize_layers: bool = False
   learning_rate: float = 1e-3
   style_image: str = ""                   # path; "" = the first image of --style_dir (or a sample)
   style_size: int = 256                   # long side of the style image when computing its Grams

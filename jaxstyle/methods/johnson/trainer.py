@@ -39,7 +39,9 @@ def _loss_fn(params, frozen, content, *, model: TransformerNet, config: JohnsonC
       content_layers=config.content_layers, style_layers=config.style_layers,
       content_weight=config.content_weight, style_weight=config.style_weight,
       tv_weight=config.tv_weight, layer_weights=config.style_layer_weights or None,
-      normalize=config.gram_normalize, dtype=_vgg_dtype(model.dtype))
+      normalize=config.gram_normalize, dtype=_vgg_dtype(model.dtype),
+      style_scales=frozen["style_scales"] if config.normalize_layers else None,
+      normalize_content=config.normalize_layers)
   return loss, parts
 
 
@@ -93,7 +95,8 @@ class JohnsonTrainer:
     params = TransformerNet(self.config).init(rng, content)["params"]
     grams = perceptual.style_targets(self.loss_net, jnp.asarray(self.style01)[None],
                                      self.config.style_layers, self.config.gram_normalize)
-    frozen = {"loss_net": self.loss_net, "style_grams": grams}
+    frozen = {"loss_net": self.loss_net, "style_grams": grams,
+              "style_scales": perceptual.style_scales(grams)}
     return TrainState.create(params, optax.adam(self.learning_rate), frozen=frozen)
 
   def sample(self, state: TrainState, batch: Dict[str, Any]) -> jax.Array:

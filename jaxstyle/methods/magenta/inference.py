@@ -43,12 +43,8 @@ class MagentaModel:
 
 
 def config_from_dict(d: dict) -> MagentaConfig:
-  """Rebuilds a MagentaConfig from `config.json` (lists back to tuples; unknown keys rejected)."""
-  fields = {f.name for f in dataclasses.fields(MagentaConfig)}
-  unknown = set(d) - fields
-  if unknown:
-    raise CheckpointError(f"checkpoint config has unknown Magenta settings: {sorted(unknown)}")
-  return MagentaConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+  """Rebuilds a MagentaConfig from `config.json` (unknown keys rejected)."""
+  return api.config_from_dict(MagentaConfig, d)
 
 
 def trained_weights(workdir: str) -> str:

@@ -4,7 +4,6 @@ Any style image works at run time: its Siamese-encoder Gram sets the CoMatch tar
 for the styles seen in training). Brush size follows the size the style image is encoded at, and
 several styles blend by mixing their Grams linearly.
 """
-import dataclasses
 import functools
 from typing import Any, Optional, Sequence, Tuple
 
@@ -23,12 +22,8 @@ COLOR_MODES = ("none", "luminance", "histogram")
 
 
 def config_from_dict(d: dict) -> MSGNetConfig:
-  """Rebuilds an MSGNetConfig from `config.json` (lists back to tuples; unknown keys rejected)."""
-  fields = {f.name for f in dataclasses.fields(MSGNetConfig)}
-  unknown = set(d) - fields
-  if unknown:
-    raise CheckpointError(f"checkpoint config has unknown MSG-Net settings: {sorted(unknown)}")
-  return MSGNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+  """Rebuilds a MSGNetConfig from `config.json` (unknown keys rejected)."""
+  return api.config_from_dict(MSGNetConfig, d)
 
 
 def load_with_styles(workdir: str) -> Tuple[MSGNet, Any, MSGNetConfig, list]:

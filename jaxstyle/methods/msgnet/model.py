@@ -49,6 +49,7 @@ class MSGNetConfig:
   style_weight: float = 5.0
   tv_weight: float = 0.0
   gram_normalize: str = "chw"
+  normalize_layers: bool = True       # each layer's loss / its target's mean square (see below)
   learning_rate: float = 1e-3
   style_sizes: Tuple[int, ...] = (256, 512, 768)  # square style sizes drawn per training step
   pixel_scale: float = 255.0          # the network sees BGR * pixel_scale, returns that range

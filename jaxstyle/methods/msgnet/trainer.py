@@ -40,7 +40,9 @@ def _loss_fn(params, loss_net, content, style, style_grams, *, model: MSGNet,
       content_layers=config.content_layers, style_layers=config.style_layers,
       content_weight=config.content_weight, style_weight=config.style_weight,
       tv_weight=config.tv_weight, normalize=config.gram_normalize,
-      dtype=None if model.dtype in (None, jnp.float32) else model.dtype)
+      dtype=None if model.dtype in (None, jnp.float32) else model.dtype,
+      style_scales=perceptual.style_scales(style_grams) if config.normalize_layers else None,
+      normalize_content=config.normalize_layers)
 
 
 def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *,

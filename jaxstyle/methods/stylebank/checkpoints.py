@@ -2,6 +2,7 @@
 import dataclasses
 from typing import Any, Dict, List, Tuple
 
+from jaxstyle import api
 from jaxstyle.errors import CheckpointError
 from jaxstyle.methods.stylebank.model import ARCH_FIELDS
 from jaxstyle.methods.stylebank.model import StyleBankConfig
@@ -13,12 +14,8 @@ METHOD = "stylebank"
 
 
 def config_from_dict(d: Dict[str, Any]) -> StyleBankConfig:
-  """Rebuilds a StyleBankConfig from `config.json` (lists back to tuples; unknown keys rejected)."""
-  fields = {f.name for f in dataclasses.fields(StyleBankConfig)}
-  unknown = set(d) - fields
-  if unknown:
-    raise CheckpointError(f"checkpoint config has unknown StyleBank settings: {sorted(unknown)}")
-  return StyleBankConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+  """Rebuilds a StyleBankConfig from `config.json` (unknown keys rejected)."""
+  return api.config_from_dict(StyleBankConfig, d)
 
 
 def load(workdir: str) -> Tuple[StyleBankNet, Dict[str, Any], StyleBankConfig]:

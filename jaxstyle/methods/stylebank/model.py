@@ -43,6 +43,7 @@ class StyleBankConfig:
   tv_weight: float = 1e-6
   identity_weight: float = 1.0            # auto-encoder branch: MSE(D(E(I)), I) on [0, 1] pixels
   gram_normalize: str = "chw"
+  normalize_layers: bool = True           # each layer's loss / its target's mean square (see below)
   stylize_steps: int = 2                  # T: stylization steps before each auto-encoder step
   learning_rate: float = 1e-3
   lr_decay: float = 0.8

@@ -44,11 +44,15 @@ def _perceptual(net: StyleBankNet, full_params, frozen, batch, bank_offset: int)
   output = net(full_params, content, style_id)
   grams = jax.tree_util.tree_map(lambda g: g[style_id - bank_offset], frozen["style_grams"])
   c = net.config
+  scales = None
+  if c.normalize_layers:
+    scales = jax.tree_util.tree_map(lambda s: s[style_id - bank_offset], frozen["style_scales"])
   return perceptual.perceptual_loss(
       frozen["loss_net"], output, content, grams, content_layers=c.content_layers,
       style_layers=c.style_layers, content_weight=c.content_weight, style_weight=c.style_weight,
       tv_weight=c.tv_weight, layer_weights=c.style_layer_weights or None,
-      normalize=c.gram_normalize, dtype=net.vgg_dtype)
+      normalize=c.gram_normalize, dtype=net.vgg_dtype, style_scales=scales,
+      normalize_content=c.normalize_layers)
 
 
 def stylize_step(state: TrainState, batch, *, net: StyleBankNet):
@@ -143,7 +147,9 @@ class StyleBankTrainer:
 
   def init(self, rng: jax.Array, batch: Dict[str, Any]) -> TrainState:
     content = jnp.asarray(batch["content"][:1])
-    frozen = {"loss_net": self.loss_net, "style_grams": self.style_grams()}
+    grams = self.style_grams()
+    frozen = {"loss_net": self.loss_net, "style_grams": grams,
+              "style_scales": perceptual.style_scales(grams)}
     if not self.incremental:
       params = StyleBankNet(self.config).init(rng, content, self.num_styles)
       tx = {k: _adam(self.config, self.learning_rate) for k in params}

@@ -5,7 +5,6 @@ padded by `pad * max(1, size // 256)` pixels and cropped back. Several style ima
 peer graph (their latent positions are pooled), which is what the reference's layer does with a
 batch of peers.
 """
-import dataclasses
 import functools
 from typing import Any, Dict, Sequence, Tuple
 
@@ -27,8 +26,7 @@ INFERENCE_SETTINGS = ("stylize_content", "stylize_style", "pad", "knn", "knn_chu
 
 def config_from_dict(values: Dict[str, Any]) -> TSPRConfig:
   """A TSPRConfig from `config.json` (unknown keys, e.g. 'image_size', ignored)."""
-  names = {f.name for f in dataclasses.fields(TSPRConfig)}
-  return TSPRConfig(**{k: v for k, v in values.items() if k in names})
+  return api.config_from_dict(TSPRConfig, values, strict=False)
 
 
 def load(workdir: str) -> Tuple[Generator, Dict[str, Any], TSPRConfig]:
