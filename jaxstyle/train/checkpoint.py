@@ -90,13 +90,17 @@ class Manager:
     if step is None:
       return None
     target = _savable(abstract_state)
+    where = os.path.join(self.directory, str(step))
+    # Shapes are compared from the metadata first: a mismatched restore makes tensorstore's reader
+    # threads print tracebacks on their own, which would break the launchers' one-line errors.
+    _check_shapes(_stored_shapes(self.directory, step), target, where)
     try:
       restored = self._manager.restore(step, args=ocp.args.StandardRestore(target))
     except Exception as e:  # structure/shape mismatch or unreadable files
       raise CheckpointError(
           f"checkpoint {os.path.join(self.directory, str(step))} does not fit this model: "
           f"{_one_line(e)}") from None
-    _check_shapes(restored, target, os.path.join(self.directory, str(step)))
+    _check_shapes(restored, target, where)
     return restored
 
   def wait(self) -> None:
@@ -107,12 +111,31 @@ class Manager:
     self._manager.close()
 
 
-def _check_shapes(restored, target, where):
+def _stored_shapes(directory: str, step: int) -> Optional[Any]:
+  """The saved tree's array metadata (shapes), or None when it cannot be read cheaply."""
+  try:
+    reader = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler(),
+                                   options=ocp.CheckpointManagerOptions(read_only=True))
+    metadata = reader.item_metadata(step)
+  except Exception:  # pylint: disable=broad-except  # the restore below reports it properly
+    return None
+  return getattr(metadata, "tree", metadata)
+
+
+def _key(path) -> str:
+  # Metadata trees hold dicts where the state holds named tuples: compare by bare names.
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def _check_shapes(stored, target, where):
   # Orbax can silently reshape/cast on restore; a foreign checkpoint must fail instead.
-  for (path, r), t in zip(jax.tree_util.tree_leaves_with_path(restored),
-                          jax.tree_util.tree_leaves(target)):
-    if tuple(r.shape) != tuple(t.shape):
-      raise CheckpointError(f"checkpoint {where} does not fit this model: "
+  if stored is None:
+    return
+  stored_leaves = {_key(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(stored)}
+  for path, t in jax.tree_util.tree_leaves_with_path(target):
+    r = stored_leaves.get(_key(path))
+    if r is not None and hasattr(r, "shape") and tuple(r.shape) != tuple(t.shape):
+      raise CheckpointError(f"checkpoint {where} does not fit this model (saved with other settings): "
                             f"{jax.tree_util.keystr(path)} has shape {tuple(r.shape)}, "
                             f"expected {tuple(t.shape)}")
 
