@@ -21,7 +21,9 @@ setuptools.setup(
         "tensorboardX",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "scikit-image", "chex", "torch==2.13.0"],
+        "test": ["pytest", "pytest-xdist", "scikit-image", "chex", "torch==2.13.0", "onnx>=1.16",
+                 "onnxruntime>=1.18"],
         "torch": ["torch==2.13.0"],
+        "onnx": ["onnx>=1.16"],  # importing the published Magenta weights
     },
 )

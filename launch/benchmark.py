@@ -38,6 +38,10 @@ _TORCH = flags.DEFINE_list("torch", ["eager", "compile"],
 _KINDS = flags.DEFINE_list("kinds", list(case_lib.KINDS), "What to time: inference,train,optim.")
 _OPTIMIZERS = flags.DEFINE_list("optimizers", ["adam", "lbfgs"],
                                 "Optimisers of the gatys/histogram iterations.")
+_CASES = flags.DEFINE_list("cases", [], "Only these cases, e.g. johnson/train,magenta/inference "
+                          "(default: every case of --methods and --kinds).")
+_WIDTH = flags.DEFINE_float("width", 1.0, "Channel multiplier of the feed-forward networks and the "
+                            "VGG16 loss net (1 = default architectures; smaller for smoke tests).")
 _OUTPUT = flags.DEFINE_string("output", "out/benchmark.json", "JSON report (a .csv goes beside it).")
 _PLOT = flags.DEFINE_string("plot", None, "PNG chart of throughput vs resolution (optional).")
 
@@ -57,7 +61,8 @@ def build_config() -> runner.BenchmarkConfig:
       methods=tuple(_METHODS.value), resolutions=_ints("resolutions", _RESOLUTIONS.value),
       batch_sizes=_ints("batch_sizes", _BATCH_SIZES.value), dtype=_DTYPE.value,
       repeats=_REPEATS.value, warmup=_WARMUP.value, rounds=_ROUNDS.value, torch_modes=torch_modes,
-      kinds=tuple(_KINDS.value), optimizers=tuple(_OPTIMIZERS.value)).validate()
+      kinds=tuple(_KINDS.value), optimizers=tuple(_OPTIMIZERS.value),
+      cases=tuple(_CASES.value), width=_WIDTH.value).validate()
 
 
 def main(argv):

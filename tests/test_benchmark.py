@@ -108,7 +108,8 @@ def test_adain_twin_matches_flax():
 
 @pytest.mark.parametrize("changes", [{"methods": ("nope",)}, {"resolutions": (30,)},
                                      {"torch_modes": ("fast",)}, {"dtype": "float16"},
-                                     {"kinds": ("predict",)}])
+                                     {"kinds": ("predict",)}, {"cases": ("johnson/predict",)},
+                                     {"cases": ("johnson",)}, {"width": 0.0}])
 def test_bad_settings_raise_config_error(changes):
   with pytest.raises(ConfigError):
     runner.BenchmarkConfig(**changes).validate()

@@ -97,7 +97,8 @@ def _torch_from_params(params, config):
 
 
 def test_transformer_net_matches_pytorch_examples():
-  config = dataclasses.replace(TINY, width=0.25)
+  # pytorch/examples' network has a linear output; the tanh output is checked against it below.
+  config = dataclasses.replace(TINY, width=0.25, output="linear")
   model = johnson.TransformerNet(config)
   x = _content(2, 32, seed=3)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.asarray(x))["params"]
@@ -113,6 +114,11 @@ def test_transformer_net_matches_pytorch_examples():
   with torch.no_grad():
     ref = ref_net(torch.from_numpy(x.transpose(0, 3, 1, 2) * 255.0)).numpy().transpose(0, 2, 3, 1)
   np.testing.assert_allclose(ours, ref / 255.0, rtol=1e-4, atol=1e-4 * np.abs(ref / 255).max())
+  # fast-neural-style's output: 150 * tanh(last conv) around the ImageNet mean pixel, on 0-255.
+  tanh_model = johnson.TransformerNet(dataclasses.replace(config, output="tanh"))
+  tanh_out = np.asarray(jax.jit(tanh_model.apply)({"params": params}, jnp.asarray(x)))
+  want = (150.0 * np.tanh(ref) + 255.0 * np.array([0.485, 0.456, 0.406])) / 255.0
+  np.testing.assert_allclose(tanh_out, want, rtol=1e-4, atol=1e-4)
   # Odd sizes go through `stylize`, which pads to a multiple of 4 and crops back.
   out = johnson.stylize(model, params, _content(1, 30)[0, :, :27])
   assert out.shape == (30, 27, 3) and out.min() >= 0 and out.max() <= 1

@@ -66,6 +66,16 @@ def adam_grad(opt_state):
   raise ValueError("no Adam state found")
 
 
+def _gatys_twin(objective, args, content, spec, slack):
+  """The PyTorch twin of an Adam Gatys iteration, built only when the benchmark asks for it."""
+
+  def twin():
+    from jaxstyle.benchmark import torch_cases  # pylint: disable=g-import-not-at-top
+    return torch_cases.gatys_twin(objective, args, content, spec, slack)
+
+  return twin
+
+
 def gatys_cases(size, dtype, optimizers) -> List[Case]:
   del dtype  # The Gatys objective computes in float32 (its loss scale needs it).
   from jaxstyle.methods import gatys  # pylint: disable=g-import-not-at-top
@@ -84,11 +94,7 @@ def gatys_cases(size, dtype, optimizers) -> List[Case]:
   for name in optimizers:
     spec = optimize.make_optimizer(name)
     carry = lambda spec=spec: init_carry(content, spec, config.slack)
-    twin = None
-    if name == "adam":
-      def twin(spec=spec):
-        from jaxstyle.benchmark import torch_cases  # pylint: disable=g-import-not-at-top
-        return torch_cases.gatys_twin(objective, args, content, spec, config.slack)
+    twin = _gatys_twin(objective, args, content, spec, config.slack) if name == "adam" else None
     out.append(Case(
         "gatys", "optim", name, _step_fn(objective, spec, config.slack), (carry(), args), 1,
         donate_argnums=(0,), carry=True,

@@ -6,6 +6,7 @@ over all its timed calls. Ratios are jaxstyle throughput / PyTorch throughput (a
 faster).
 """
 import dataclasses
+import importlib.util
 import math
 import os
 import platform
@@ -41,6 +42,9 @@ class BenchmarkConfig:
     torch_modes: subset of ('eager', 'compile'); empty = JAX only.
     kinds: subset of ('inference', 'train', 'optim').
     optimizers: optimisers timed for the optimisation methods ('adam', 'lbfgs').
+    cases: only these cases, by name ('johnson/train', 'gatys/optim/adam', ...); empty = all.
+    width: channel multiplier of the feed-forward networks and their VGG16 loss network (1 = the
+      methods' default architectures; smaller only for smoke tests).
   """
   methods: Sequence[str] = tuple(api.METHODS)
   resolutions: Sequence[int] = (256,)
@@ -52,6 +56,8 @@ class BenchmarkConfig:
   torch_modes: Sequence[str] = TORCH_MODES
   kinds: Sequence[str] = KINDS
   optimizers: Sequence[str] = optim_cases.OPTIMIZERS
+  cases: Sequence[str] = ()
+  width: float = 1.0
 
   def validate(self) -> "BenchmarkConfig":
     for m in self.methods:
@@ -67,6 +73,13 @@ class BenchmarkConfig:
                         f"sampling networks), got {list(self.resolutions)}")
     if self.dtype not in DTYPES:
       raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+    for name in self.cases:
+      parts = name.split("/")
+      if len(parts) not in (2, 3) or parts[0] not in api.METHODS or parts[1] not in KINDS:
+        raise ConfigError(f"--cases takes method/kind[/variant] names such as johnson/train, "
+                          f"got {name!r}")
+    if not self.width > 0:
+      raise ConfigError(f"--width must be positive, got {self.width}")
     if self.repeats < 1 or self.warmup < 0 or self.rounds < 1:
       raise ConfigError("--repeats and --rounds must be >= 1 and --warmup >= 0")
     for mode in self.torch_modes:
@@ -84,13 +97,15 @@ class BenchmarkConfig:
 def build_cases(method: str, size: int, batch: int, config: BenchmarkConfig) -> List[Case]:
   """The cases of one method at one size and batch (optimisation methods: batch 1 only)."""
   dtype = jnp.bfloat16 if config.dtype == "bfloat16" else None
+  wanted = lambda name: not config.cases or any(
+      name == c or name.startswith(c + "/") for c in config.cases)
   if method in optim_cases.OPTIMIZATION:
     if "optim" not in config.kinds or batch != min(config.batch_sizes):
       return []
     build = optim_cases.gatys_cases if method == "gatys" else optim_cases.histogram_cases
-    return build(size, dtype, config.optimizers)
-  kinds = [k for k in config.kinds if k != "optim"]
-  return model_cases.BUILDERS[method](size, batch, dtype, kinds) if kinds else []
+    return [c for c in build(size, dtype, config.optimizers) if wanted(c.name)]
+  kinds = [k for k in config.kinds if k != "optim" and wanted(f"{method}/{k}")]
+  return model_cases.BUILDERS[method](size, batch, dtype, kinds, config.width) if kinds else []
 
 
 def _first_line(e: BaseException) -> str:
@@ -193,11 +208,7 @@ def environment(config: BenchmarkConfig, torch_threads: Optional[int]) -> dict:
 
 
 def torch_available() -> bool:
-  try:
-    import torch  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    return False
-  return True
+  return importlib.util.find_spec("torch") is not None
 
 
 def run(config: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:

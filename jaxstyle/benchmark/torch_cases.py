@@ -12,6 +12,7 @@ import torch
 
 from jaxstyle import optimize
 from jaxstyle.benchmark import torch_models as tm
+from jaxstyle.benchmark import torch_models_multistyle as tms
 from jaxstyle.benchmark.case import TorchTwin, max_abs_err, tolerance
 
 
@@ -29,7 +30,8 @@ def _inference_twin(module: torch.nn.Module, inputs: Sequence[torch.Tensor], dty
   module = module.eval().to(tdtype)
   for p in module.parameters():
     p.requires_grad_(False)
-  inputs = [i.to(tdtype) for i in inputs]
+  # Integer inputs (style ids) stay integers.
+  inputs = [i.to(tdtype) if i.is_floating_point() else i for i in inputs]
 
   def make_fn(compiled: bool):
     model = torch.compile(module) if compiled else module
@@ -48,7 +50,9 @@ def _inference_twin(module: torch.nn.Module, inputs: Sequence[torch.Tensor], dty
 
 
 def johnson_twin(config, params, x, dtype) -> TorchTwin:
-  net = tm.JohnsonNet(config.channels(), config.num_residual, config.pixel_scale).load(params)
+  net = tm.JohnsonNet(config.channels(), config.num_residual, config.pixel_scale,
+                      getattr(config, "output", "linear"),
+                      getattr(config, "tanh_constant", 150.0)).load(params)
   return _inference_twin(net, [tm.nchw(x)], dtype)
 
 
@@ -65,6 +69,22 @@ def adain_twin(config, encoder, params, x, style, dtype) -> TorchTwin:
                        encoder.convention).load(encoder.params)
   dec = tm.AdaINDecoder(config.channels(), encoder.depth, encoder.widths[3]).load(params)
   return _inference_twin(tm.AdaINNet(enc, dec, config.eps), [tm.nchw(x), tm.nchw(style)], dtype)
+
+
+def stylebank_twin(config, params, x, ids, dtype) -> TorchTwin:
+  if config.upsample != "nearest":
+    raise NotImplementedError("the PyTorch StyleBank twin upsamples with nearest + conv only")
+  net = tms.StyleBankNet(config.channels(), len(params["banks"]), config.bank_layers,
+                         config.bank_kernel, config.pixel_scale).load(params)
+  return _inference_twin(net, [tm.nchw(x), torch.from_numpy(np.asarray(ids, np.int64))], dtype)
+
+
+def magenta_twin(config, loss_net, params, x, style, dtype) -> TorchTwin:
+  enc = tm.VGGFeatures(loss_net.depth, loss_net.widths, loss_net.pooling, loss_net.padding,
+                       loss_net.convention).load(loss_net.params)
+  net = tms.MagentaNet(enc, config.predictor_layers, config.channels(), config.num_residual,
+                       config.bottleneck).load(params)
+  return _inference_twin(net, [tm.nchw(x), tm.nchw(style)], dtype)
 
 
 # --------------------------------------------------------------------------------------------------

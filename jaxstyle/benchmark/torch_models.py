@@ -141,10 +141,14 @@ class ResidualBlock(nn.Module):
 class JohnsonNet(nn.Module):
   """jaxstyle.methods.johnson.TransformerNet: RGB [0, 1] NCHW -> RGB ~[0, 1] NCHW."""
 
-  def __init__(self, channels=(32, 64, 128), num_residual: int = 5, pixel_scale: float = 255.0):
+  def __init__(self, channels=(32, 64, 128), num_residual: int = 5, pixel_scale: float = 255.0,
+               output: str = "linear", tanh_constant: float = 150.0):
     super().__init__()
     c1, c2, c3 = channels
     self.scale = pixel_scale
+    # JohnsonConfig.output: 'tanh' = tanh_constant * tanh(x) around the ImageNet mean pixel.
+    self.output, self.tanh_constant = output, tanh_constant
+    self.register_buffer("mean255", torch.tensor(jvgg.IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
     self.down = nn.ModuleList([PadConv(3, c1, 9), PadConv(c1, c2, 3, 2), PadConv(c2, c3, 3, 2)])
     self.down_norms = nn.ModuleList([nn.InstanceNorm2d(c, affine=True) for c in (c1, c2, c3)])
     self.res = nn.ModuleList([ResidualBlock(c3) for _ in range(num_residual)])
@@ -160,7 +164,10 @@ class JohnsonNet(nn.Module):
       x = block(x)
     for conv, norm in zip(self.up, self.up_norms):
       x = F.relu(norm(conv(upsample2(x))))
-    return self.out(x) / self.scale
+    x = self.out(x)
+    if self.output == "tanh":
+      x = self.tanh_constant * torch.tanh(x) + self.mean255
+    return x / self.scale
 
   def load(self, p: dict):
     for i, (conv, norm) in enumerate(zip(self.down, self.down_norms), start=1):

@@ -246,6 +246,22 @@ def load_config(workdir: str) -> dict:
   return config
 
 
+def load_method_config(workdir: str, method: str, *, key: str = "model") -> dict:
+  """The trainer's saved settings (`config.json["config"]`) of a workdir trained with `method`.
+
+  Raises:
+    CheckpointError: no readable config.json, another method's workdir, or no `key` settings in it
+      (the model settings every loader rebuilds its config dataclass from).
+  """
+  saved = load_config(workdir)
+  if saved.get("method") != method:
+    raise CheckpointError(f"{workdir} holds a {saved.get('method')!r} model, not {method}")
+  info = saved.get("config")
+  if not isinstance(info, dict) or not isinstance(info.get(key), dict):
+    raise CheckpointError(f"{workdir}/{CONFIG_FILE} has no {method} model settings")
+  return info
+
+
 def _json_default(x):
   if isinstance(x, (np.generic,)):
     return x.item()

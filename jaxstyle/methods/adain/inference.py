@@ -19,6 +19,7 @@ from jaxstyle import image
 from jaxstyle import vgg
 from jaxstyle.errors import CheckpointError
 from jaxstyle.errors import ConfigError
+from jaxstyle.methods import controls
 from jaxstyle.methods.adain.model import AdaINConfig
 from jaxstyle.methods.adain.model import blend_targets
 from jaxstyle.methods.adain.model import Decoder
@@ -60,12 +61,7 @@ def load(workdir: str, *, loss_net: Optional[vgg.LossNet] = None
   Raises:
     CheckpointError: the workdir holds no AdaIN checkpoint.
   """
-  saved = checkpoint.load_config(workdir)
-  if saved.get("method") != METHOD:
-    raise CheckpointError(f"{workdir} holds a {saved.get('method')!r} model, not {METHOD}")
-  info = saved.get("config") or {}  # the loop stores `config_dict()` under "config"
-  if "config" not in info:
-    raise CheckpointError(f"{workdir}/config.json has no AdaIN model settings")
+  info = checkpoint.load_method_config(workdir, METHOD, key="config")
   config = config_from_dict(info["config"])
   if loss_net is None:
     loss_net = vgg.load_loss_net(info.get("weights", DEFAULT_WEIGHTS))
@@ -86,49 +82,6 @@ def _encode(encoder: vgg.LossNet, x: jax.Array) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("decoder",))
 def _decode(decoder: Decoder, params: Any, t: jax.Array) -> jax.Array:
   return decoder.apply({"params": params}, t)
-
-
-def region_weights(masks: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-  """Per-style pixel weights `[N, H, W]` that sum to 1 everywhere.
-
-  Masks are normalised where they overlap (sum above 1); pixels that no mask fully covers take the
-  rest from the global style blend `weights`.
-  """
-  m = np.clip(np.stack([np.asarray(x, np.float32) for x in masks]), 0.0, 1.0)
-  total = m.sum(0)
-  uncovered = np.clip(1.0 - total, 0.0, 1.0)
-  w = np.asarray(weights, np.float32)[:, None, None]
-  return m / np.maximum(total, 1.0) + uncovered * w
-
-
-def _pad_to(x: np.ndarray, multiple: int) -> np.ndarray:
-  h, w = x.shape[:2]
-  pads = ((0, (-h) % multiple), (0, (-w) % multiple)) + ((0, 0),) * (x.ndim - 2)
-  mode = "reflect" if min(h, w) > multiple else "edge"
-  return np.pad(x, pads, mode=mode)
-
-
-def _check_inputs(content01, styles01, style_weights, masks):
-  if content01 is None:
-    raise ConfigError("adain needs a content image")
-  if not styles01:
-    raise ConfigError("adain needs at least one style image")
-  n = len(styles01)
-  if style_weights is None:
-    style_weights = [1.0 / n] * n
-  if len(style_weights) != n:
-    raise ConfigError(f"{len(style_weights)} style weights for {n} styles")
-  if any(w < 0 for w in style_weights) or sum(style_weights) <= 0:
-    raise ConfigError("style weights must be non-negative and not all zero")
-  style_weights = [w / sum(style_weights) for w in style_weights]
-  if masks is not None:
-    if len(masks) != n:
-      raise ConfigError(f"{len(masks)} masks for {n} styles")
-    for m in masks:
-      if np.shape(m) != tuple(content01.shape[:2]):
-        raise ConfigError(f"mask shape {np.shape(m)} differs from the content's "
-                          f"{tuple(content01.shape[:2])}")
-  return style_weights
 
 
 def stylize(model: AdaINModel, params: Any, content01: np.ndarray,
@@ -153,7 +106,7 @@ def stylize(model: AdaINModel, params: Any, content01: np.ndarray,
     `[H, W, 3]` float32 in [0, 1].
   """
   content01 = np.asarray(content01, np.float32)
-  weights = _check_inputs(content01, styles01, style_weights, masks)
+  weights = controls.check_inputs(METHOD, content01, styles01, style_weights, masks)
   if not 0.0 <= alpha <= 1.0:
     raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
   if preserve_color not in ("none", "histogram", "luminance"):
@@ -163,11 +116,11 @@ def stylize(model: AdaINModel, params: Any, content01: np.ndarray,
     styles01 = [np.asarray(image.match_color(s, content01), np.float32) for s in styles01]
 
   h, w = content01.shape[:2]
-  f_c = _encode(model.encoder, jnp.asarray(_pad_to(content01, _STRIDE))[None])
-  f_s = [_encode(model.encoder, jnp.asarray(_pad_to(s, _STRIDE))[None]) for s in styles01]
+  f_c = _encode(model.encoder, jnp.asarray(controls.pad_to(content01, _STRIDE))[None])
+  f_s = [_encode(model.encoder, jnp.asarray(controls.pad_to(s, _STRIDE))[None]) for s in styles01]
   feature_masks = None
   if masks is not None:
-    regions = _pad_to(np.moveaxis(region_weights(masks, weights), 0, -1), _STRIDE)
+    regions = controls.pad_to(np.moveaxis(controls.region_weights(masks, weights), 0, -1), _STRIDE)
     feature_masks = [downsample_mask(jnp.asarray(regions[None, ..., i]), _STRIDE)
                      for i in range(len(styles01))]
   t = blend_targets(f_c, f_s, weights, alpha, feature_masks, eps)

@@ -8,7 +8,6 @@ import numpy as np
 
 from jaxstyle import api
 from jaxstyle import image
-from jaxstyle.errors import CheckpointError
 from jaxstyle.errors import ConfigError
 from jaxstyle.methods.johnson.model import JohnsonConfig
 from jaxstyle.methods.johnson.model import TransformerNet
@@ -30,13 +29,7 @@ def load(workdir: str) -> Tuple[TransformerNet, Any, JohnsonConfig]:
   Raises:
     CheckpointError: the workdir holds no Johnson checkpoint.
   """
-  saved = checkpoint.load_config(workdir)
-  if saved.get("method") != METHOD:
-    raise CheckpointError(f"{workdir} holds a {saved.get('method')!r} model, not {METHOD}")
-  try:
-    config = config_from_dict(saved["config"]["model"])
-  except (KeyError, TypeError):
-    raise CheckpointError(f"{workdir}/config.json has no Johnson model settings") from None
+  config = config_from_dict(checkpoint.load_method_config(workdir, METHOD)["model"])
   params = checkpoint.load_params(workdir)
   return TransformerNet(config), params, config
 
@@ -88,3 +81,9 @@ def run_stylize(request: api.StylizeRequest) -> np.ndarray:
     raise ConfigError(f"johnson stylize takes no --set options, got {', '.join(request.overrides)}")
   model, params, _ = load(request.checkpoint)
   return stylize(model, params, request.content, preserve_color=request.preserve_color)
+
+
+def grid_style_paths(request: api.StylizeRequest) -> list:
+  """The style the checkpoint was trained on, shown by `--grid` (a --style image is not used)."""
+  path = checkpoint.load_method_config(request.checkpoint, METHOD).get("style_path")
+  return [path] if path else []

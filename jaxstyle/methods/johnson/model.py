@@ -13,6 +13,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxstyle import nn as jsnn
+from jaxstyle import vgg
+
+_MEAN_RGB = jnp.asarray(vgg.IMAGENET_MEAN, jnp.float32)  # fast-neural-style's centre of the tanh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,11 @@ class JohnsonConfig:
   style_image: str = ""                   # path; "" = the first image of --style_dir (or a sample)
   style_size: int = 256                   # long side of the style image when computing its Grams
   pixel_scale: float = 255.0              # the network sees x * pixel_scale and returns that range
+  # fast-neural-style's output layer: tanh x 150 around the ImageNet mean pixel (paper: "scaled
+  # tanh"). It starts at a mean-grey image of the right scale; a linear output (pytorch/examples)
+  # starts black and spends its first thousand steps growing to the 0-255 range.
+  output: str = "tanh"                    # tanh | linear
+  tanh_constant: float = 150.0            # on the pixel_scale (0-255) range
 
   def channels(self) -> Tuple[int, int, int]:
     return tuple(max(1, int(round(c * self.width))) for c in (32, 64, 128))
@@ -86,5 +94,7 @@ class TransformerNet(nn.Module):
     for name, features in (("up1", c2), ("up2", c1)):  # [B, H/2, W/2, c2], then [B, H, W, c1]
       x = jsnn.UpsampleConv(features, 3, dtype=dt, name=f"{name}_conv")(x)
       x = nn.relu(jsnn.InstanceNorm(dtype=dt, name=f"{name}_norm")(x))
-    x = jsnn.ConvLayer(3, 9, strides=1, dtype=dt, name="out_conv")(x)
-    return x.astype(jnp.float32) / scale
+    x = jsnn.ConvLayer(3, 9, strides=1, dtype=dt, name="out_conv")(x).astype(jnp.float32)
+    if self.config.output == "tanh":
+      return (self.config.tanh_constant * jnp.tanh(x) + _MEAN_RGB * 255.0) / scale
+    return x / scale

@@ -82,6 +82,8 @@ class JohnsonTrainer:
                learning_rate: Optional[float] = None, dtype=jnp.float32,
                style_path: Optional[str] = None):
     vgg.check_layers(tuple(config.content_layers) + tuple(config.style_layers), loss_net.depth)
+    if config.output not in ("tanh", "linear"):
+      raise ConfigError(f"output must be tanh or linear, got {config.output!r}")
     self.config = config
     self.loss_net = loss_net
     self.style01 = np.asarray(style01, np.float32)

@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxstyle import api
-from jaxstyle import image
 from jaxstyle import vgg
 from jaxstyle.errors import CheckpointError
 from jaxstyle.errors import ConfigError
+from jaxstyle.methods import controls
 from jaxstyle.methods.magenta.model import ArbitraryStyleNet
 from jaxstyle.methods.magenta.model import MagentaConfig
 from jaxstyle.methods.magenta.model import pooled_features
@@ -66,12 +66,7 @@ def load(workdir: str, *, loss_net: Optional[vgg.LossNet] = None
   Raises:
     CheckpointError: the workdir holds no Magenta checkpoint.
   """
-  saved = checkpoint.load_config(workdir)
-  if saved.get("method") != METHOD:
-    raise CheckpointError(f"{workdir} holds a {saved.get('method')!r} model, not {METHOD}")
-  info = saved.get("config") or {}  # the loop stores `config_dict()` under "config"
-  if "config" not in info:
-    raise CheckpointError(f"{workdir}/config.json has no Magenta model settings")
+  info = checkpoint.load_method_config(workdir, METHOD, key="config")
   config = config_from_dict(info["config"])
   if loss_net is None:
     loss_net = vgg.load_loss_net(info.get("weights", DEFAULT_WEIGHTS))
@@ -99,36 +94,6 @@ def embed(model: MagentaModel, params: Any, image01: np.ndarray) -> jax.Array:
   return _embed(model.net, params, model.loss_net, jnp.asarray(image01, jnp.float32)[None], layers)
 
 
-def region_weights(masks: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-  """Per-style pixel weights `[N, H, W]` summing to 1: overlapping masks are normalised, and what
-  no mask covers takes the global blend `weights`."""
-  m = np.clip(np.stack([np.asarray(x, np.float32) for x in masks]), 0.0, 1.0)
-  total = m.sum(0)
-  uncovered = np.clip(1.0 - total, 0.0, 1.0)
-  return m / np.maximum(total, 1.0) + uncovered * np.asarray(weights, np.float32)[:, None, None]
-
-
-def _check_inputs(content01, styles01, style_weights, masks):
-  if content01 is None:
-    raise ConfigError("magenta needs a content image")
-  if not styles01:
-    raise ConfigError("magenta needs at least one style image")
-  n = len(styles01)
-  style_weights = [1.0 / n] * n if style_weights is None else list(style_weights)
-  if len(style_weights) != n:
-    raise ConfigError(f"{len(style_weights)} style weights for {n} styles")
-  if any(w < 0 for w in style_weights) or sum(style_weights) <= 0:
-    raise ConfigError("style weights must be non-negative and not all zero")
-  if masks is not None:
-    if len(masks) != n:
-      raise ConfigError(f"{len(masks)} masks for {n} styles")
-    for m in masks:
-      if np.shape(m) != tuple(content01.shape[:2]):
-        raise ConfigError(f"mask shape {np.shape(m)} differs from the content's "
-                          f"{tuple(content01.shape[:2])}")
-  return [w / sum(style_weights) for w in style_weights]
-
-
 def stylize(model: MagentaModel, params: Any, content01: np.ndarray,
             styles01: Sequence[np.ndarray], *, style_weights: Optional[Sequence[float]] = None,
             alpha: float = 1.0, masks: Optional[Sequence[np.ndarray]] = None,
@@ -148,40 +113,21 @@ def stylize(model: MagentaModel, params: Any, content01: np.ndarray,
   Returns:
     `[H, W, 3]` float32 in [0, 1].
   """
-  content01 = np.asarray(content01, np.float32)
-  weights = _check_inputs(content01, styles01, style_weights, masks)
-  if not 0.0 <= alpha <= 1.0:
-    raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
-  if preserve_color not in ("none", "histogram", "luminance"):
-    raise ConfigError(f"unknown preserve_color {preserve_color!r}")
-  styles01 = [np.asarray(s, np.float32) for s in styles01]
-  if preserve_color == "histogram":
-    styles01 = [np.asarray(image.match_color(s, content01), np.float32) for s in styles01]
-
-  h, w = content01.shape[:2]
-  pads = ((0, (-h) % _MULTIPLE), (0, (-w) % _MULTIPLE), (0, 0))
-  padded = jnp.asarray(np.pad(content01, pads, mode="reflect" if min(h, w) > 4 else "edge"))[None]
-  identity = embed(model, params, content01) if alpha < 1.0 else 0.0
-  embeddings = [alpha * embed(model, params, s) + (1.0 - alpha) * identity for s in styles01]
-
-  def run(e):
-    return np.asarray(_transform(model.net, params, padded, e))[0, :h, :w]
-
-  if masks is None:
-    out = run(sum(wi * e for wi, e in zip(weights, embeddings)))
-  else:
-    regions = region_weights(masks, weights)
-    out = sum(r[..., None] * run(e) for r, e in zip(regions, embeddings) if r.any())
-  out = np.clip(out, 0.0, 1.0).astype(np.float32)
-  if preserve_color == "luminance":
-    out = np.asarray(image.luminance_transfer(content01, out), np.float32)
-  return out
+  return controls.stylize_with_embeddings(
+      METHOD, content01, styles01, embed_fn=lambda x: embed(model, params, x),
+      transform_fn=lambda x, e: _transform(model.net, params, jnp.asarray(x), e),
+      multiple=_MULTIPLE, style_weights=style_weights, alpha=alpha, masks=masks,
+      preserve_color=preserve_color)
 
 
 def run_stylize(request: api.StylizeRequest) -> np.ndarray:
-  """`launch/stylize.py --method=magenta --checkpoint=<workdir>`."""
+  """`launch/stylize.py --method=magenta --checkpoint=<workdir>` (or `=published`)."""
+  # The published TF-Lite weights live in `published`, imported here because it imports us.
+  from jaxstyle.methods.magenta import published  # pylint: disable=g-import-not-at-top
+  if published.is_published(request.checkpoint):
+    return published.run_stylize(request)
   if request.checkpoint is None:
-    raise ConfigError("magenta needs --checkpoint=<training workdir>")
+    raise ConfigError("magenta needs --checkpoint=<training workdir> or --checkpoint=published")
   if request.content is None:
     raise ConfigError("magenta needs a --content image")
   if request.style_index:

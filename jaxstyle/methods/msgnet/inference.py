@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxstyle import api
 from jaxstyle import image
-from jaxstyle.errors import CheckpointError, ConfigError
+from jaxstyle.errors import ConfigError
 from jaxstyle.methods.msgnet.model import MSGNet, MSGNetConfig
 from jaxstyle.train import checkpoint
 
@@ -28,15 +28,10 @@ def config_from_dict(d: dict) -> MSGNetConfig:
 
 def load_with_styles(workdir: str) -> Tuple[MSGNet, Any, MSGNetConfig, list]:
   """`load` plus the paths of the training styles (for `--style_index`)."""
-  saved = checkpoint.load_config(workdir)
-  if saved.get("method") != METHOD:
-    raise CheckpointError(f"{workdir} holds a {saved.get('method')!r} model, not {METHOD}")
-  try:
-    config = config_from_dict(saved["config"]["model"])
-  except (KeyError, TypeError):
-    raise CheckpointError(f"{workdir}/config.json has no MSG-Net model settings") from None
+  info = checkpoint.load_method_config(workdir, METHOD)
+  config = config_from_dict(info["model"])
   params = checkpoint.load_params(workdir)
-  return MSGNet(config), params, config, list(saved["config"].get("styles") or [])
+  return MSGNet(config), params, config, list(info.get("styles") or [])
 
 
 def load(workdir: str) -> Tuple[MSGNet, Any, MSGNetConfig]:

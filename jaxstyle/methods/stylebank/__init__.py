@@ -6,6 +6,7 @@ at inference. `model` (networks), `trainer` (steps, Trainer), `pipeline` (make_t
 styles), `checkpoints` (load) and `inference` (stylize, run_stylize).
 """
 from jaxstyle.methods.stylebank.checkpoints import load
+from jaxstyle.methods.stylebank.inference import grid_style_paths
 from jaxstyle.methods.stylebank.inference import run_stylize
 from jaxstyle.methods.stylebank.inference import stylize
 from jaxstyle.methods.stylebank.model import StyleBankConfig

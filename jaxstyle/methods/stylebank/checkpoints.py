@@ -32,12 +32,7 @@ def load(workdir: str) -> Tuple[StyleBankNet, Dict[str, Any], StyleBankConfig]:
 
 def load_with_meta(workdir: str):
   """`load` plus the saved `config.json["config"]` (style paths, number of styles)."""
-  saved = checkpoint.load_config(workdir)
-  if saved.get("method") != METHOD:
-    raise CheckpointError(f"{workdir} holds a {saved.get('method')!r} model, not {METHOD}")
-  meta = saved.get("config") or {}
-  if "model" not in meta:
-    raise CheckpointError(f"{workdir}/config.json has no StyleBank model settings")
+  meta = checkpoint.load_method_config(workdir, METHOD)
   config = config_from_dict(meta["model"])
   params = merge_new_banks(checkpoint.load_params(workdir))
   for part in ("encoder", "decoder", "banks"):

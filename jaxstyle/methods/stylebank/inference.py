@@ -9,6 +9,7 @@ import numpy as np
 from jaxstyle import api
 from jaxstyle import image
 from jaxstyle.errors import ConfigError
+from jaxstyle.methods.stylebank import checkpoints
 from jaxstyle.methods.stylebank.checkpoints import load
 from jaxstyle.methods.stylebank.model import StyleBankNet
 
@@ -125,3 +126,9 @@ def run_stylize(request: api.StylizeRequest) -> np.ndarray:
   return stylize(net, params, request.content, style_index=index,
                  style_weights=request.style_weights, masks=request.masks, alpha=request.alpha,
                  preserve_color=request.preserve_color)
+
+
+def grid_style_paths(request: api.StylizeRequest) -> list:
+  """The trained styles `--style_index` picked, shown by `--grid` (--style images are not used)."""
+  paths = checkpoints.load_base(request.checkpoint)[2]
+  return [paths[i] for i in (request.style_index or [0]) if 0 <= i < len(paths)]

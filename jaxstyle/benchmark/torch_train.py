@@ -1,0 +1,257 @@
+"""PyTorch twins of the Johnson, MSG-Net and AdaIN train steps, for side-by-side timing.
+
+One twin call is one optimiser step, as `trainer.train_step` is: forward through the trained
+network, the method's loss through the frozen VGG twin (perceptual loss, or AdaIN's content +
+mean/std loss), backward, and a `torch.optim.Adam` update (optax.adam's defaults: betas
+0.9/0.999, eps 1e-8), with the same initial weights, batch and frozen targets as the JAX case.
+
+Before timing, `check` runs one step of each side from the same start and compares
+  * the loss, relative error;
+  * the gradient (JAX's is read back from Adam's first moment, mu = (1 - b1) g after one step),
+    max abs error / max |g| over all parameters;
+  * the updated parameters, max abs error / learning rate, over the entries whose gradient is
+    above 1e-3 max |g| and agrees between the two sides to 10%. Elsewhere Adam's first step is
+    lr * sign(g) of rounding noise (e.g. the biases of convolutions followed by instance norm,
+    whose true gradient is zero; with Johnson's raw layer weights at 128 px that noise exceeds
+    1e-3 max |g|), which no two implementations agree on.
+and reports the worst of the three against one tolerance.
+
+The Flax tree <-> torch parameter correspondence is found by loading a tree of position indices
+through the same `load` code (exact in float32 below 2**24 values), so no per-model name table is
+needed and every parameter is checked to be covered exactly once.
+"""
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+import torch
+
+from jaxstyle.benchmark import torch_models as tm
+from jaxstyle.benchmark.case import TorchTwin
+
+TOLERANCE = 1e-3
+_NOISE_FLOOR = 1e-3  # gradient entries below this x max |g| are rounding noise (see the docstring)
+
+
+def _frozen_vgg(loss_net) -> tm.VGGFeatures:
+  net = tm.VGGFeatures(loss_net.depth, loss_net.widths, loss_net.pooling, loss_net.padding,
+                       loss_net.convention).load(loss_net.params)
+  for p in net.parameters():
+    p.requires_grad_(False)
+  return net.eval()
+
+
+def _t(a) -> torch.Tensor:
+  return torch.from_numpy(np.array(a, np.float32))
+
+
+# --------------------------------------------------------------------------------------------------
+# Losses (jaxstyle.losses, NCHW)
+
+
+def gram(f: torch.Tensor, normalize: Optional[str] = "chw") -> torch.Tensor:
+  """jaxstyle.losses.gram_matrix for NCHW features: `[B, C, C]`."""
+  b, c, h, w = f.shape
+  x = f.reshape(b, c, h * w)
+  g = torch.bmm(x, x.transpose(1, 2))
+  if normalize in ("none", None):
+    return g
+  return g / (c * h * w) if normalize == "chw" else g / (h * w)
+
+
+def perceptual_loss(net, output, content, grams: Mapping[str, torch.Tensor], *, content_layers,
+                    style_layers, content_weight, style_weight, tv_weight,
+                    layer_weights: Optional[Sequence[float]] = None, normalize="chw",
+                    style_scales: Optional[Mapping[str, torch.Tensor]] = None,
+                    normalize_content=False, tv_scale=255.0) -> torch.Tensor:
+  """jaxstyle.losses.perceptual.perceptual_loss (content MSE, Gram MSE, sum-reduced l2 TV)."""
+  content_layers, style_layers = tuple(content_layers), tuple(style_layers)
+  weights = list(layer_weights) if layer_weights else [1.0] * len(style_layers)
+  use_content = bool(content_layers) and content_weight != 0
+  feats = net(output, tuple(dict.fromkeys(style_layers + (content_layers if use_content else ()))))
+  loss = output.new_zeros(())
+  if use_content:
+    with torch.no_grad():
+      targets = net(content, content_layers)
+    for name in content_layers:
+      term = (feats[name] - targets[name]).square().mean()
+      if normalize_content:
+        term = term / targets[name].square().mean().clamp(min=1e-12)
+      loss = loss + content_weight * term
+  for name, w in zip(style_layers, weights):
+    err = (gram(feats[name], normalize) - grams[name]).square()
+    if style_scales is None:
+      term = err.mean()
+    else:
+      term = (err.mean(dim=(1, 2)) / style_scales[name].reshape(-1)).mean()
+    loss = loss + style_weight * w * term
+  if tv_weight:
+    x = output * tv_scale
+    tv = ((x[:, :, 1:] - x[:, :, :-1]).square().sum() + (x[..., 1:] - x[..., :-1]).square().sum())
+    loss = loss + tv_weight * tv / x.shape[0]
+  return loss
+
+
+# --------------------------------------------------------------------------------------------------
+# The generic twin
+
+
+def param_index(build: Callable[[Any], torch.nn.Module], params) -> Tuple[List[np.ndarray], int]:
+  """For each parameter of `build(params)`, its values' positions in `model_cases.flat(params)`."""
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  sizes = [int(np.size(a)) for a in leaves]
+  total = int(sum(sizes))
+  if total >= 2 ** 24:
+    raise ValueError(f"{total} parameters: too many to index exactly in float32")
+  starts = np.cumsum([0] + sizes[:-1])
+  index_tree = treedef.unflatten([np.arange(s, s + n, dtype=np.float32).reshape(np.shape(a))
+                                  for s, n, a in zip(starts, sizes, leaves)])
+  index = [p.detach().numpy().astype(np.int64).ravel() for p in build(index_tree).parameters()]
+  seen = np.sort(np.concatenate(index)) if index else np.zeros(0, np.int64)
+  if seen.shape != (total,) or np.any(seen != np.arange(total)):
+    raise ValueError("the torch twin does not load every Flax parameter exactly once")
+  return index, total
+
+
+def train_twin(build: Callable[[Any], torch.nn.Module], params0,
+               loss_fn: Callable[[torch.nn.Module], torch.Tensor], learning_rate: float,
+               lr_factor: Optional[Callable[[int], float]] = None) -> TorchTwin:
+  """A one-Adam-step twin of a train step.
+
+  Args:
+    build: `build(params_tree) -> torch module` with the trained parameters loaded from the tree.
+    params0: the JAX initial parameters.
+    loss_fn: `loss_fn(module) -> scalar loss` of the case's batch.
+    learning_rate: Adam's base learning rate.
+    lr_factor: optional schedule `step -> factor` (optax schedules count from 0, as LambdaLR).
+  """
+  index, total = param_index(build, params0)
+
+  def fresh():
+    model = build(params0).train()
+    opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor) if lr_factor else None
+    return model, opt, sched
+
+  def make_fn(compiled: bool):
+    model, opt, sched = fresh()
+    f = torch.compile(loss_fn) if compiled else loss_fn
+
+    def call():
+      opt.zero_grad(set_to_none=True)
+      loss = f(model)
+      loss.backward()
+      opt.step()
+      if sched is not None:
+        sched.step()
+      return loss.detach()
+    return call
+
+  def check(reference):
+    model, opt, _ = fresh()
+    loss = loss_fn(model)
+    loss.backward()
+    opt.step()
+    grads, params = np.full(total, np.nan), np.full(total, np.nan)
+    for idx, p in zip(index, model.parameters()):
+      grads[idx] = p.grad.detach().double().numpy().ravel()
+      params[idx] = p.detach().double().numpy().ravel()
+    g_ref = reference["grads"]
+    g_max = max(float(np.max(np.abs(g_ref))), 1e-30)
+    loss_err = abs(loss.item() - reference["loss"]) / max(abs(reference["loss"]), 1e-30)
+    grad_err = float(np.max(np.abs(grads - g_ref))) / g_max
+    # Adam's first step is lr * sign(g): compare it where the gradient is determined, i.e. above
+    # the noise floor and where both sides agree on it to 10%.
+    sure = (np.abs(g_ref) > _NOISE_FLOOR * g_max) & (np.abs(grads - g_ref) < 0.1 * np.abs(g_ref))
+    param_err = float(np.max(np.abs(params - reference["params"])[sure], initial=0.0)) / learning_rate
+    return max(loss_err, grad_err, param_err), TOLERANCE
+
+  return TorchTwin(make_fn, check)
+
+
+# --------------------------------------------------------------------------------------------------
+# The three trainers
+
+
+def johnson_train_twin(trainer, state, batch) -> TorchTwin:
+  """jaxstyle.methods.johnson.trainer.train_step: perceptual loss towards one style's Grams."""
+  cfg = trainer.config
+  net = _frozen_vgg(trainer.loss_net)
+  content = tm.nchw(batch["content"])
+  grams = {k: _t(v) for k, v in state.frozen["style_grams"].items()}
+  scales = ({k: _t(v) for k, v in state.frozen["style_scales"].items()}
+            if cfg.normalize_layers else None)
+
+  def build(p):
+    return tm.JohnsonNet(cfg.channels(), cfg.num_residual, cfg.pixel_scale,
+                         getattr(cfg, "output", "linear"), getattr(cfg, "tanh_constant", 150.0)).load(p)
+
+  def loss_fn(model):
+    return perceptual_loss(
+        net, model(content), content, grams, content_layers=cfg.content_layers,
+        style_layers=cfg.style_layers, content_weight=cfg.content_weight,
+        style_weight=cfg.style_weight, tv_weight=cfg.tv_weight,
+        layer_weights=cfg.style_layer_weights or None, normalize=cfg.gram_normalize,
+        style_scales=scales, normalize_content=cfg.normalize_layers)
+
+  return train_twin(build, state.params, loss_fn, trainer.learning_rate)
+
+
+def msgnet_train_twin(trainer, state, batch) -> TorchTwin:
+  """jaxstyle.methods.msgnet.trainer.train_step: the style's Gram through the Siamese encoder
+  (trained too), CoMatch, and the perceptual loss with per-layer normalisation."""
+  cfg = trainer.config
+  if cfg.norm_affine:
+    raise NotImplementedError("the PyTorch MSG-Net twin has no affine instance norms")
+  net = _frozen_vgg(state.frozen["loss_net"])
+  content, style = tm.nchw(batch["content"]), tm.nchw(batch["style"][:1])
+
+  def build(p):
+    return tm.MSGNet(cfg.ngf, cfg.stem_features, cfg.n_blocks, cfg.pixel_scale,
+                     cfg.output_offset).load(p)
+
+  def loss_fn(model):
+    with torch.no_grad():
+      feats = net(style, tuple(cfg.style_layers))
+      grams = {k: gram(feats[k], cfg.gram_normalize) for k in cfg.style_layers}
+    scales = ({k: g.square().mean(dim=(1, 2)).clamp(min=1e-12) for k, g in grams.items()}
+              if cfg.normalize_layers else None)
+    output = model(content, tm.gram(model.encode(style)))
+    return perceptual_loss(
+        net, output, content, grams, content_layers=cfg.content_layers,
+        style_layers=cfg.style_layers, content_weight=cfg.content_weight,
+        style_weight=cfg.style_weight, tv_weight=cfg.tv_weight, normalize=cfg.gram_normalize,
+        style_scales=scales, normalize_content=cfg.normalize_layers)
+
+  return train_twin(build, state.params, loss_fn, trainer.learning_rate)
+
+
+def adain_train_twin(trainer, state, batch) -> TorchTwin:
+  """jaxstyle.methods.adain.trainer.train_step: decoder on AdaIN(f(c), f(s)), content loss at
+  relu4_1 against t and mean/std style losses, each / its layer scale squared; lr / (1 + d step)."""
+  cfg = trainer.config
+  enc = trainer.encoder
+  encoder = _frozen_vgg(enc)
+  content, style = tm.nchw(batch["content"]), tm.nchw(batch["style"])
+  layer = "relu4_1"
+  layers = tuple(dict.fromkeys(tuple(cfg.style_layers) + (layer,)))
+  scale = {k: float(v) for k, v in state.extra["layer_scale"].items()}
+
+  def build(p):
+    return tm.AdaINDecoder(cfg.channels(), enc.depth, enc.widths[3]).load(p)
+
+  def loss_fn(decoder):
+    with torch.no_grad():
+      f_c = encoder(content, (layer,))[layer]
+      f_s = encoder(style, layers)
+      t = tm.adain(f_c, f_s[layer], cfg.eps)
+    f_g = encoder(decoder(t), layers)
+    loss = cfg.content_weight * (f_g[layer] - t).square().mean() / scale[layer] ** 2
+    for name, w in zip(cfg.style_layers, cfg.style_layer_weights):
+      (m_g, s_g), (m_s, s_s) = tm.mean_std(f_g[name], cfg.eps), tm.mean_std(f_s[name], cfg.eps)
+      term = (m_g - m_s).square().mean() + (s_g - s_s).square().mean()
+      loss = loss + cfg.style_weight * w * term / scale[name] ** 2
+    return loss
+
+  return train_twin(build, state.params, loss_fn, trainer.learning_rate,
+                    lambda step: 1.0 / (1.0 + cfg.lr_decay * step))
