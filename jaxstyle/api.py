@@ -131,6 +131,23 @@ def _cast(key: str, text: Any, current: Any) -> Any:
   return text
 
 
+def with_style_layer_weights(config: Any) -> Any:
+  """`config` with `style_layer_weights` as floats, checked: empty (all 1) or one per style layer.
+
+  Raises:
+    ConfigError: a weight is not a number, or the count does not match `style_layers`.
+  """
+  try:
+    weights = tuple(float(w) for w in config.style_layer_weights)
+  except ValueError:
+    raise ConfigError(f"style_layer_weights must be numbers, got {config.style_layer_weights}"
+                      ) from None
+  if weights and len(weights) != len(config.style_layers):
+    raise ConfigError(f"style_layer_weights needs {len(config.style_layers)} values, one per "
+                      f"style layer, got {len(weights)}")
+  return dataclasses.replace(config, style_layer_weights=weights)
+
+
 def config_from_dict(cls: Any, values: dict, *, strict: bool = True) -> Any:
   """Rebuilds config dataclass `cls` from its `config.json` form (JSON lists back to tuples).
 

@@ -6,7 +6,7 @@ falls back to `jaxstyle.data.SampleImages` and the style to crops of
 `jaxstyle.image.sample_style()`.
 Every batch is a pure function of (seed, step), so a resumed run sees the same data.
 """
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -60,3 +60,22 @@ class ContentStylePairs:
     for s in (self.content, self.style):
       if hasattr(s, "close"):
         s.close()
+
+
+def make_pair_trainer(request: Any, config_cls: Any, trainer_cls: Any):
+  """(trainer, dataset) of an arbitrary-style method trained on content/style pairs (AdaIN,
+  Magenta): its config with the request's overrides, the request's VGG, a `ContentStylePairs`.
+
+  `trainer_cls(config, loss_net, learning_rate=, dtype=, weights=)`; `config.load_size` (0 = the
+  dataset's default) sets the short side before random crops.
+  """
+  # Imported here: the data package must not need the model stack to be importable.
+  from jaxstyle import api, vgg  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from jaxstyle.train import precision  # pylint: disable=g-import-not-at-top
+  config = api.apply_overrides(config_cls(), request.overrides)
+  loss_net = vgg.load_loss_net(request.weights)
+  trainer = trainer_cls(config, loss_net, learning_rate=request.learning_rate,
+                        dtype=precision.compute_dtype(request), weights=request.weights)
+  dataset = ContentStylePairs(request.content_dir, request.style_dir, request.image_size,
+                              seed=request.seed, load_size=config.load_size or None)
+  return trainer, dataset

@@ -37,6 +37,23 @@ def check_inputs(method: str, content01: Optional[np.ndarray], styles01: Sequenc
   return [w / sum(style_weights) for w in style_weights]
 
 
+def prepare(method: str, content01: np.ndarray, styles01: Sequence[np.ndarray], *,
+            style_weights: Optional[Sequence[float]], alpha: float,
+            masks: Optional[Sequence[np.ndarray]], preserve_color: str):
+  """`check_inputs` plus alpha and colour mode; styles colour-matched to the content under
+  `preserve_color='histogram'`. Returns (content01, styles01, normalised weights) as float32."""
+  content01 = np.asarray(content01, np.float32)
+  weights = check_inputs(method, content01, styles01, style_weights, masks)
+  if not 0.0 <= alpha <= 1.0:
+    raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
+  if preserve_color not in ("none", "histogram", "luminance"):
+    raise ConfigError(f"unknown preserve_color {preserve_color!r}")
+  styles01 = [np.asarray(s, np.float32) for s in styles01]
+  if preserve_color == "histogram":
+    styles01 = [np.asarray(image.match_color(s, content01), np.float32) for s in styles01]
+  return content01, styles01, weights
+
+
 def region_weights(masks: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
   """Per-style pixel weights `[N, H, W]` summing to 1: overlapping masks are normalised, and what
   no mask covers takes the global blend `weights`."""
@@ -76,15 +93,8 @@ def stylize_with_embeddings(method: str, content01: np.ndarray, styles01: Sequen
   Returns:
     `[H, W, 3]` float32 in [0, 1].
   """
-  content01 = np.asarray(content01, np.float32)
-  weights = check_inputs(method, content01, styles01, style_weights, masks)
-  if not 0.0 <= alpha <= 1.0:
-    raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
-  if preserve_color not in ("none", "histogram", "luminance"):
-    raise ConfigError(f"unknown preserve_color {preserve_color!r}")
-  styles01 = [np.asarray(s, np.float32) for s in styles01]
-  if preserve_color == "histogram":
-    styles01 = [np.asarray(image.match_color(s, content01), np.float32) for s in styles01]
+  content01, styles01, weights = prepare(method, content01, styles01, style_weights=style_weights,
+                                         alpha=alpha, masks=masks, preserve_color=preserve_color)
 
   h, w = content01.shape[:2]
   padded = pad_to(content01, multiple)[None]

@@ -105,15 +105,9 @@ def stylize(model: AdaINModel, params: Any, content01: np.ndarray,
   Returns:
     `[H, W, 3]` float32 in [0, 1].
   """
-  content01 = np.asarray(content01, np.float32)
-  weights = controls.check_inputs(METHOD, content01, styles01, style_weights, masks)
-  if not 0.0 <= alpha <= 1.0:
-    raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
-  if preserve_color not in ("none", "histogram", "luminance"):
-    raise ConfigError(f"unknown preserve_color {preserve_color!r}")
-  styles01 = [np.asarray(s, np.float32) for s in styles01]
-  if preserve_color == "histogram":
-    styles01 = [np.asarray(image.match_color(s, content01), np.float32) for s in styles01]
+  content01, styles01, weights = controls.prepare(
+      METHOD, content01, styles01, style_weights=style_weights, alpha=alpha, masks=masks,
+      preserve_color=preserve_color)
 
   h, w = content01.shape[:2]
   f_c = _encode(model.encoder, jnp.asarray(controls.pad_to(content01, _STRIDE))[None])

@@ -25,7 +25,6 @@ from jaxstyle.methods.adain.model import encode
 from jaxstyle.methods.adain.model import encoder_net
 from jaxstyle.methods.adain.model import make_decoder
 from jaxstyle.nn import adaptive
-from jaxstyle.train import precision
 from jaxstyle.train.state import TrainState
 
 METHOD = "adain"
@@ -151,10 +150,4 @@ class AdaINTrainer:
 
 def make_trainer(request: api.TrainRequest):
   """Builds (trainer, dataset) for `launch/train.py --method=adain`."""
-  config = api.apply_overrides(AdaINConfig(), request.overrides)
-  loss_net = vgg.load_loss_net(request.weights)
-  trainer = AdaINTrainer(config, loss_net, learning_rate=request.learning_rate,
-                         dtype=precision.compute_dtype(request), weights=request.weights)
-  dataset = pairs.ContentStylePairs(request.content_dir, request.style_dir, request.image_size,
-                                    seed=request.seed, load_size=config.load_size or None)
-  return trainer, dataset
+  return pairs.make_pair_trainer(request, AdaINConfig, AdaINTrainer)

@@ -159,15 +159,7 @@ def make_trainer(request: api.TrainRequest):
   config = api.apply_overrides(JohnsonConfig(), request.overrides)
   if config.width <= 0 or config.num_residual < 0 or config.style_size <= 0:
     raise ConfigError("width and style_size must be positive and num_residual >= 0")
-  try:
-    config = dataclasses.replace(
-        config, style_layer_weights=tuple(float(w) for w in config.style_layer_weights))
-  except ValueError:
-    raise ConfigError(
-        f"style_layer_weights must be numbers, got {config.style_layer_weights}") from None
-  if config.style_layer_weights and len(config.style_layer_weights) != len(config.style_layers):
-    raise ConfigError(f"style_layer_weights needs {len(config.style_layers)} values, one per "
-                      f"style layer, got {len(config.style_layer_weights)}")
+  config = api.with_style_layer_weights(config)
   style01, style_path = load_style(config, request.style_dir)
   loss_net = vgg.load_loss_net(request.weights)
   trainer = JohnsonTrainer(config, loss_net, style01, learning_rate=request.learning_rate,

@@ -20,7 +20,6 @@ from jaxstyle.data import pairs
 from jaxstyle.methods.magenta.model import ArbitraryStyleNet
 from jaxstyle.methods.magenta.model import MagentaConfig
 from jaxstyle.methods.magenta.model import pooled_features
-from jaxstyle.train import precision
 from jaxstyle.train.state import TrainState
 
 METHOD = "magenta"
@@ -121,10 +120,4 @@ class MagentaTrainer:
 
 def make_trainer(request: api.TrainRequest):
   """Builds (trainer, dataset) for `launch/train.py --method=magenta`."""
-  config = api.apply_overrides(MagentaConfig(), request.overrides)
-  loss_net = vgg.load_loss_net(request.weights)
-  trainer = MagentaTrainer(config, loss_net, learning_rate=request.learning_rate,
-                           dtype=precision.compute_dtype(request), weights=request.weights)
-  dataset = pairs.ContentStylePairs(request.content_dir, request.style_dir, request.image_size,
-                                    seed=request.seed, load_size=config.load_size or None)
-  return trainer, dataset
+  return pairs.make_pair_trainer(request, MagentaConfig, MagentaTrainer)

@@ -1,5 +1,4 @@
 """Building a StyleBank run from a TrainRequest: style images, datasets, incremental mode."""
-import dataclasses
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -83,15 +82,7 @@ def make_trainer(request: api.TrainRequest):
   config = api.apply_overrides(StyleBankConfig(), request.overrides)
   if config.width <= 0 or config.style_size <= 0 or config.bank_layers < 1:
     raise ConfigError("width, style_size and bank_layers must be positive")
-  try:
-    config = dataclasses.replace(
-        config, style_layer_weights=tuple(float(w) for w in config.style_layer_weights))
-  except ValueError:
-    raise ConfigError(
-        f"style_layer_weights must be numbers, got {config.style_layer_weights}") from None
-  if config.style_layer_weights and len(config.style_layer_weights) != len(config.style_layers):
-    raise ConfigError(f"style_layer_weights needs {len(config.style_layers)} values, one per "
-                      f"style layer, got {len(config.style_layer_weights)}")
+  config = api.with_style_layer_weights(config)
   if config.stylize_steps < 1:
     raise ConfigError(f"stylize_steps (T) must be >= 1, got {config.stylize_steps}")
   if config.upsample not in ("nearest", "transpose"):
