@@ -54,7 +54,8 @@ def cache_dir(path: Optional[str] = None, *, create: bool = True) -> str:
 
 
 @contextlib.contextmanager
-def _locked(directory: str, name: str):
+def locked(directory: str, name: str):
+  """Holds an exclusive file lock on `directory/.name.lock` (one converter per file at a time)."""
   with open(os.path.join(directory, f".{name}.lock"), "a") as handle:
     fcntl.flock(handle, fcntl.LOCK_EX)
     try:
@@ -81,7 +82,7 @@ def read_manifest(directory: str) -> dict:
 
 def update_manifest(directory: str, name: str, entry: Optional[dict]):
   """Sets (or with None removes) one manifest entry, atomically and under the manifest lock."""
-  with _locked(directory, MANIFEST):
+  with locked(directory, MANIFEST):
     manifest = read_manifest(directory)
     if entry is None:
       manifest["files"].pop(name, None)
@@ -124,7 +125,7 @@ def fetch_hed_h5(cache_dir: Optional[str] = None) -> str:  # pylint: disable=red
       return bundled
   directory = _cache_dir(cache_dir)
   target = os.path.join(directory, HED_FILE)
-  with _locked(directory, HED_FILE):
+  with locked(directory, HED_FILE):
     if os.path.isfile(target):
       if converted.sha256_file(target) == HED_SHA256:
         return target
@@ -238,7 +239,7 @@ def load_params(weights: str = "hed-vgg16",  # pylint: disable=redefined-outer-n
   directory = _cache_dir(cache_dir)
   name, find_source, convert, local_source = _plan(weights, directory)
   target = os.path.join(directory, name)
-  with _locked(directory, name):
+  with locked(directory, name):
     entry = read_manifest(directory)["files"].get(name)
     if entry and os.path.isfile(target):
       source = None

@@ -16,8 +16,6 @@ foreign file is a one-line WeightsError. Conversion maps every `Conv` node of th
 `jaxstyle.methods.magenta.published.PublishedMagenta` parameter tree by its TF scope name and
 checks each key, shape and stride.
 """
-import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import os
@@ -279,16 +277,6 @@ def locate(cache_dir: Optional[str] = None) -> Dict[str, bytes]:
 # The converted cache
 
 
-@contextlib.contextmanager
-def _locked(directory: str):
-  with open(os.path.join(directory, f".{CONVERTED}.lock"), "a") as handle:
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def to_bytes(params: dict) -> bytes:
   return serialization.msgpack_serialize({
       "format": FORMAT, "version": VERSION, "source": REQUIREMENT,
@@ -321,7 +309,7 @@ def load_params(source: Optional[str] = None, cache_dir: Optional[str] = None) -
   graphs = read_source(source) if source is not None else None
   directory = cache.cache_dir(cache_dir)
   target = os.path.join(directory, CONVERTED)
-  with _locked(directory):
+  with cache.locked(directory, CONVERTED):
     entry = cache.read_manifest(directory)["files"].get(CONVERTED)
     if entry and os.path.isfile(target):
       with open(target, "rb") as f:

@@ -11,11 +11,12 @@ from typing import Any, Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxstyle import nn as jsnn
 from jaxstyle import vgg
 
-_MEAN_RGB = jnp.asarray(vgg.IMAGENET_MEAN, jnp.float32)  # fast-neural-style's centre of the tanh
+_MEAN_RGB = np.asarray(vgg.IMAGENET_MEAN, np.float32)  # fast-neural-style's centre of the tanh
 
 
 @dataclasses.dataclass(frozen=True)

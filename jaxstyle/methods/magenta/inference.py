@@ -120,6 +120,17 @@ def stylize(model: MagentaModel, params: Any, content01: np.ndarray,
       preserve_color=preserve_color)
 
 
+def check_request(request: api.StylizeRequest) -> None:
+  """What every Magenta model (trained or published) needs from `launch/stylize.py`."""
+  if request.content is None:
+    raise ConfigError("magenta needs a --content image")
+  if request.style_index:
+    raise ConfigError("magenta takes style images, not --style_index")
+  if request.overrides:
+    raise ConfigError(f"magenta stylize takes no --set options, got "
+                      f"{', '.join(sorted(request.overrides))}")
+
+
 def run_stylize(request: api.StylizeRequest) -> np.ndarray:
   """`launch/stylize.py --method=magenta --checkpoint=<workdir>` (or `=published`)."""
   # The published TF-Lite weights live in `published`, imported here because it imports us.
@@ -128,13 +139,7 @@ def run_stylize(request: api.StylizeRequest) -> np.ndarray:
     return published.run_stylize(request)
   if request.checkpoint is None:
     raise ConfigError("magenta needs --checkpoint=<training workdir> or --checkpoint=published")
-  if request.content is None:
-    raise ConfigError("magenta needs a --content image")
-  if request.style_index:
-    raise ConfigError("magenta takes style images, not --style_index")
-  if request.overrides:
-    raise ConfigError(f"magenta stylize takes no --set options, got "
-                      f"{', '.join(sorted(request.overrides))}")
+  check_request(request)
   trained_with = trained_weights(request.checkpoint)
   if request.weights not in (DEFAULT_WEIGHTS, trained_with):
     raise ConfigError(f"{request.checkpoint} was trained with --weights={trained_with}, "

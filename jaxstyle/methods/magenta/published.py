@@ -255,13 +255,7 @@ def is_published(checkpoint: Optional[str]) -> bool:
 def run_stylize(request) -> np.ndarray:
   """`launch/stylize.py --method=magenta --checkpoint=published` (or a wheel/folder path)."""
   from pretrained import onnx_magenta  # pylint: disable=g-import-not-at-top
-  if request.content is None:
-    raise ConfigError("magenta needs a --content image")
-  if request.style_index:
-    raise ConfigError("magenta takes style images, not --style_index")
-  if request.overrides:
-    raise ConfigError(f"magenta stylize takes no --set options, got "
-                      f"{', '.join(sorted(request.overrides))}")
+  inference.check_request(request)
   if request.weights != "hed-vgg16":
     raise ConfigError("--weights (the VGG loss network) does not apply to the published Magenta "
                       "model, which brings its own MobileNetV2 style predictor")
