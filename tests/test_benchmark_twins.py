@@ -172,3 +172,73 @@ def test_launcher_writes_rows_of_the_new_cases(tmp_path, long_run):
     csv_rows = {r["case"]: r for r in csv.DictReader(f)}
   assert set(csv_rows) == set(rows)
   assert float(csv_rows["magenta/inference"]["ratio_eager"]) > 0
+
+
+def _tspr_variables(gen, x):
+  """Random TSPR generator variables; running variances of the attention BatchNorms kept > 0."""
+  v = _random_params(gen.init, jax.random.key(0), x[:1], x[:1])
+  stats = jax.tree_util.tree_map_with_path(
+      lambda p, a: jnp.abs(a) + 0.5 if "var" in jax.tree_util.keystr(p) else a, v["batch_stats"])
+  return {"params": v["params"], "batch_stats": stats}
+
+
+def test_tspr_twin_matches_flax_generator():
+  import dataclasses
+  from jaxstyle.benchmark import torch_tspr
+  from jaxstyle.methods import tspr
+  from jaxstyle.methods.tspr import trainer as tspr_trainer
+  from jaxstyle.nn import recombination
+  # 64 px: the 16x16 latent keeps the global-style branch above 1x1; a chunk of 96 query rows splits
+  # the 256 latent positions unevenly (JAX pads the last chunk, torch slices it).
+  config = tspr.TSPRConfig(ngf=8, n_blocks=1, global_style=True, knn_chunk=96)
+  gen, _ = tspr_trainer.build_models(config)
+  x, style = _uniform(3, (2, 64, 64, 3)), _uniform(4, (2, 64, 64, 3))
+  variables = _tspr_variables(gen, x)
+
+  def run(m):
+    return m.decode(m.recombine(m.encode(x * 2 - 1), m.encode(style * 2 - 1)))
+
+  want = np.asarray((jax.jit(lambda v: gen.apply(v, method=run))(variables) + 1) * 0.5)
+  assert float(np.std(want[0] - want[1])) > 1e-3  # not saturated or constant
+  twin = torch_tspr.tspr_twin(config, variables, x, style, None)
+  err, tol = twin.check(want)
+  assert err <= 0.1 * tol, (err, tol)  # ~1e-4 of the output's magnitude
+  got = tm.nhwc(twin.make_fn(False)())
+  _assert_close(got, want)
+  # The neighbour selection matters: fewer neighbours, or stage 1 only, is caught by the check.
+  for change in (dict(knn=4), dict(peer_reg="basic")):
+    wrong = torch_tspr.tspr_twin(dataclasses.replace(config, **change), variables, x, style, None)
+    assert wrong.check(want)[0] > tol, change
+  with pytest.raises(NotImplementedError, match="float32 only"):
+    torch_tspr.tspr_twin(config, variables, x, style, jnp.bfloat16)
+  # torch kNN (chunked) picks the same neighbour sets as the Flax layer's lax.top_k.
+  q, p = _uniform(5, (2, 50, 16)), _uniform(6, (2, 40, 16))
+  want_idx = jax.vmap(lambda a, b: recombination.knn_indices(a, b, 5, chunk=16))(q, p)
+  got_idx = torch_tspr.knn_indices(torch.from_numpy(np.array(q)), torch.from_numpy(np.array(p)), 5,
+                                   chunk=16)
+  np.testing.assert_array_equal(np.sort(got_idx.numpy(), -1), np.sort(np.asarray(want_idx), -1))
+
+
+def test_launcher_checks_and_times_the_tspr_twin(tmp_path, long_run):
+  if not long_run:
+    # Compiling the case's full-depth generator (6 + 6 + 6 residual blocks) takes ~30 s on the
+    # shared CPU; the twin itself is covered above at a small depth.
+    pytest.skip("the TSPR benchmark case runs under --runslow")
+  from absl import flags
+  from launch import benchmark as launcher
+  out = tmp_path / "bench.json"
+  # 32 px: the global-style branch reaches 1x1, where the twin's instance norm must give zeros.
+  argv = ["benchmark", "--methods=tspr", "--resolutions=32", "--batch_sizes=2",
+          "--kinds=inference", "--torch=eager", "--repeats=1", "--rounds=1", "--warmup=0",
+          f"--width={WIDTH}", f"--output={out}"]
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(argv)
+  try:
+    launcher.main(argv[:1])
+  finally:
+    flags.FLAGS.unparse_flags()
+  row = {r["case"]: r for r in json.loads(out.read_text())["results"]}["tspr/inference"]
+  assert "error" not in row and "torch_error" not in row, row
+  assert row["torch_check"]["ok"] and row["torch_check"]["max_err"] <= 0.1 * row["torch_check"][
+      "tolerance"], row["torch_check"]
+  assert row["ratio_eager"] > 0 and "no PyTorch twin" not in row["note"]

@@ -107,6 +107,21 @@ def test_conv_layer_matches_torch(rng, kernel, stride, padding, pad):
   np.testing.assert_allclose(y, _to_nhwc(ref), atol=ATOL)
 
 
+@pytest.mark.parametrize("padding,k", [("reflect", 3), ("zero", 5)])
+def test_per_sample_conv_matches_torch(rng, padding, k):
+  x = rng.normal(size=(3, 7, 9, 4)).astype(np.float32)
+  kernel = rng.normal(size=(3, k, k, 4, 5)).astype(np.float32)
+  bias = rng.normal(size=(3, 5)).astype(np.float32)
+  out = np.asarray(jnn.per_sample_conv(jnp.asarray(x), kernel, bias, padding=padding))
+  mode = "reflect" if padding == "reflect" else "zeros"
+  for b in range(3):
+    conv = torch.nn.Conv2d(4, 5, k, padding=k // 2, padding_mode=mode)
+    _copy_conv(conv, {"kernel": kernel[b], "bias": bias[b]})
+    np.testing.assert_allclose(out[b], _to_nhwc(conv(_to_nchw(x[b:b + 1])))[0], atol=ATOL)
+  with pytest.raises(ValueError, match="odd"):
+    jnn.per_sample_conv(jnp.asarray(x), kernel[:, :2, :2])
+
+
 def test_conv_layer_dtype_and_param_dtype(rng):
   x = jnp.asarray(rng.normal(size=(1, 8, 8, 3)), jnp.bfloat16)
   layer = jnn.ConvLayer(4, 3, dtype=jnp.bfloat16)

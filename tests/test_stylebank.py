@@ -129,6 +129,15 @@ def test_deeper_banks_and_transposed_decoder_shapes():
   assert set(params["banks"][bank_name(1)]) == {"conv1", "conv2", "norm1"}
   out = jax.eval_shape(net, params, jnp.zeros((2, 32, 32, 3)), jnp.array([0, 1]))
   assert out.shape == (2, 32, 32, 3)
+  # The per-sample bank path (batched matmuls) equals the bank module run on each sample alone.
+  params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), 2)
+  params["banks"] = jax.tree_util.tree_map(  # non-trivial norm affines between the bank layers
+      lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(1), a.shape), params["banks"])
+  f = jax.random.normal(jax.random.PRNGKey(2), (3, 8, 8, 16))
+  ids = jnp.array([1, 0, 1])
+  want = jnp.concatenate([net.bank.apply({"params": params["banks"][bank_name(int(i))]}, f[b:b + 1])
+                          for b, i in enumerate(ids)])
+  np.testing.assert_allclose(net.apply_bank(params["banks"], f, ids), want, rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -268,9 +268,14 @@ def tspr_cases(size, batch, dtype, kinds, width=1.0) -> List[Case]:
         return m.decode(m.recombine(m.encode(x * 2 - 1), m.encode(style * 2 - 1)))
       return (gen.apply(variables, method=run) + 1) * 0.5
 
+    def twin():
+      from jaxstyle.benchmark import torch_tspr  # pylint: disable=g-import-not-at-top
+      return torch_tspr.tspr_twin(config, variables, x, style, dtype)
+
     out.append(Case("tspr", "inference", "", infer, (variables, x, style), batch,
-                    reference=lambda y: y, note="zero-shot: one peer (style) image per content "
-                    "image, both recombination stages; no PyTorch twin"))
+                    reference=lambda y: y, fresh_args=lambda: (variables, x, style), torch=twin,
+                    note="zero-shot: one peer (style) image per content image, both "
+                    "recombination stages (kNN + graph attention, eval mode)"))
   if "train" in kinds:
     trainer = tspr.TSPRTrainer(config, global_batch=batch, image_size=size, dtype=dtype)
     b = {"content": x, "content_peer": x[::-1], "style": style, "style_peer": style[::-1],

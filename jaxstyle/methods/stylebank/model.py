@@ -128,6 +128,7 @@ class StyleBankNet:
     if config.upsample not in ("nearest", "transpose"):
       raise ValueError(f"upsample must be nearest or transpose, got {config.upsample!r}")
     self.config = config
+    self.dtype = dtype
     # The loss network computes in bf16 too under mixed precision (its statistics stay f32).
     self.vgg_dtype = None if dtype in (None, jnp.float32) else dtype
     self.encoder = Encoder(config, dtype)
@@ -179,9 +180,18 @@ class StyleBankNet:
     Returns:
       [B, h, w, C3].
     """
-    chosen = jax.tree_util.tree_map(lambda a: a[style_id], self._stacked_banks(banks))
-    one = lambda p, x: self.bank.apply({"params": p}, x[None])[0]
-    return jax.vmap(one)(chosen, f)
+    p = jax.tree_util.tree_map(lambda a: a[style_id], self._stacked_banks(banks))
+    # StyleFilterBank's layers with per-sample parameters; vmapping the module instead would make
+    # XLA run one grouped convolution, several times slower (see `per_sample_conv`).
+    for i in range(self.config.bank_layers):
+      if i:
+        norm = p[f"norm{i}"]
+        mean, std = jsnn.instance_stats(f)
+        f = (f.astype(jnp.float32) - mean) / std * norm["scale"][:, None, None] + norm["bias"][:, None, None]
+        f = nn.relu(f).astype(self.dtype or f.dtype)
+      conv = p[f"conv{i + 1}"]["conv"]
+      f = jsnn.per_sample_conv(f, conv["kernel"], conv["bias"], dtype=self.dtype)
+    return f
 
   def fuse_banks(self, banks, f: jax.Array, weights: jax.Array) -> jax.Array:
     """Linear and region fusion (paper Sec. 4): F~ = sum_i w_i (K_i (x) F) + (1 - sum_i w_i) F.
