@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxstyle.errors import ConfigError
+from jaxstyle.nn import conv
 
 # Convolutions per block.
 BLOCKS = {16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
@@ -171,9 +172,12 @@ class VGG(nn.Module):
       for i in range(1, n + 1):
         if self.padding == "reflect":
           x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-        pad = "SAME" if self.padding == "zero" else "VALID"
+        pad = "SAME" if self.padding == "zero" else conv.valid_padding()
+        hw = x.shape[1:3]
         x = nn.Conv(self.widths[b - 1], (3, 3), padding=pad, dtype=self.dtype,
                     name=f"conv{b}_{i}")(x)
+        if self.padding == "reflect":
+          x = conv.crop_valid(x, hw, 3, 1)
         if emit(f"conv{b}_{i}", x):
           return {k: result[k] for k in outputs}
         x = nn.relu(x)

@@ -51,7 +51,8 @@ def test_stylebank_twin_matches_flax_per_sample_banks():
   x, ids = _uniform(0, (3, 16, 16, 3)), jnp.asarray([2, 0, 1], jnp.int32)
   params = _random_params(lambda k: net.init(k, x[:1], 3), jax.random.key(0))
   want = jax.jit(net)(params, x, ids)
-  twin = tms.StyleBankNet(config.channels(), 3, 2, config.bank_kernel, config.pixel_scale)
+  twin = tms.StyleBankNet(config.channels(), 3, 2, config.bank_kernel, config.pixel_scale,
+                          config.output_offset)
   twin = twin.load(params).eval()
   with torch.no_grad():
     got = tm.nhwc(twin(tm.nchw(x), torch.from_numpy(np.asarray(ids, np.int64))))

@@ -138,6 +138,18 @@ def test_ralsgan_numpy(rng):
   np.testing.assert_allclose(losses.ralsgan_g(const - 1.0, const), 0.0, atol=1e-6)
 
 
+def test_ralsgan_generator_and_discriminator_cannot_both_fall(rng):
+  """On the same scores, D + G = 2 + mean(u^2) + mean(v^2) >= 2 (u = real - mean fake, v = fake -
+  mean real): both start near 1, so when training lowers one the other must rise (TSPR's logged
+  `disc` and `gen`; the non-adversarial losses are the ones that must fall)."""
+  for shift in (0.0, 0.5, 3.0):
+    real, fake = rng.normal(size=(4, 5, 5, 1)) + shift, rng.normal(size=(4, 5, 5, 1))
+    u, v = real - fake.mean(), fake - real.mean()
+    total = losses.ralsgan_d(real, fake) + losses.ralsgan_g(real, fake)
+    np.testing.assert_allclose(total, 2 + np.mean(u ** 2) + np.mean(v ** 2), rtol=1e-5)
+    assert total >= 2
+
+
 # ------------------------------------------------------------------------------------------------
 # Metric learning
 

@@ -122,6 +122,19 @@ def test_per_sample_conv_matches_torch(rng, padding, k):
     jnn.per_sample_conv(jnp.asarray(x), kernel[:, :2, :2])
 
 
+@pytest.mark.parametrize("kernel,stride,size", [(9, 1, 12), (3, 2, 11), (4, 2, 10), (1, 1, 5)])
+def test_cpu_fast_valid_padding_is_exact(rng, kernel, stride, size):
+  """The extra zero row/column of `valid_padding` (CPU) only adds outputs that `crop_valid` drops."""
+  x = jnp.asarray(rng.normal(size=(2, size, size + 1, 3)).astype(np.float32))
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 4)).astype(np.float32))
+  conv = lambda pad: jax.lax.conv_general_dilated(x, w, (stride, stride), pad,
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  want = conv("VALID")
+  got = jnn.conv.crop_valid(conv(jnn.conv.valid_padding()), x.shape[1:3], kernel, stride)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
 def test_conv_layer_dtype_and_param_dtype(rng):
   x = jnp.asarray(rng.normal(size=(1, 8, 8, 3)), jnp.bfloat16)
   layer = jnn.ConvLayer(4, 3, dtype=jnp.bfloat16)

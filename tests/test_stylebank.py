@@ -94,11 +94,11 @@ def test_network_matches_pytorch_and_fusion_is_linear():
   with torch.no_grad():
     f = _torch_encode(params, _to_torch(x * 255.0))
     banked = [_tconv(params["banks"][bank_name(i)]["conv1"], f) for i in range(3)]
-    ref_ae = _from_torch(_torch_decode(params, f)) / 255.0
-    ref_styled = np.stack([_from_torch(_torch_decode(params, banked[i][b:b + 1]))[0] / 255.0
+    ref_ae = _from_torch(_torch_decode(params, f)) / 255.0 + 0.5  # + the mid-grey output offset
+    ref_styled = np.stack([_from_torch(_torch_decode(params, banked[i][b:b + 1]))[0] / 255.0 + 0.5
                            for b, i in enumerate((2, 0))])
     blend = 0.3 * banked[0] + 0.7 * banked[1]
-    ref_blend = _from_torch(_torch_decode(params, blend)) / 255.0
+    ref_blend = _from_torch(_torch_decode(params, blend)) / 255.0 + 0.5
   tol = dict(rtol=1e-4, atol=2e-5)
   assert params["banks"][bank_name(0)]["conv1"]["conv"]["kernel"].shape == (3, 3, 16, 16)
 
@@ -277,7 +277,7 @@ def test_fusion_controls():
 
 def test_training_loss_falls_clearly(tmp_path, loss_net, long_run):
   """A short run by default, a few hundred steps under --runslow: the stylizing loss falls."""
-  steps = 300 if long_run else 30
+  steps = 300 if long_run else 50
   trainer = _trainer(loss_net, lr=5e-3)
   dataset = pipeline.StyleBankDataset(None, 32, seed=0, num_styles=2)
   losses = []

@@ -75,7 +75,7 @@ def stylebank_twin(config, params, x, ids, dtype) -> TorchTwin:
   if config.upsample != "nearest":
     raise NotImplementedError("the PyTorch StyleBank twin upsamples with nearest + conv only")
   net = tms.StyleBankNet(config.channels(), len(params["banks"]), config.bank_layers,
-                         config.bank_kernel, config.pixel_scale).load(params)
+                         config.bank_kernel, config.pixel_scale, config.output_offset).load(params)
   return _inference_twin(net, [tm.nchw(x), torch.from_numpy(np.asarray(ids, np.int64))], dtype)
 
 

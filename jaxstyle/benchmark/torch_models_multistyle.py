@@ -30,15 +30,15 @@ class StyleBankNet(nn.Module):
   """jaxstyle.methods.stylebank.StyleBankNet: (RGB [0, 1] NCHW, style ids [B]) -> RGB NCHW.
 
   The banks are stored stacked (`[S, C, C, k, k]`), and each sample's bank is gathered by its id and
-  run as one grouped convolution over the batch: the same work as the JAX `vmap` over gathered
-  bank parameters, without a Python loop over samples (and traceable by torch.compile).
+  run as one grouped convolution over the batch (no Python loop over samples, traceable by
+  torch.compile); the JAX side runs them as batched matmuls (`jaxstyle.nn.per_sample_conv`).
   """
 
   def __init__(self, channels=(32, 64, 128), num_styles: int = 1, bank_layers: int = 1,
-               bank_kernel: int = 3, pixel_scale: float = 255.0):
+               bank_kernel: int = 3, pixel_scale: float = 255.0, output_offset: float = 0.5):
     super().__init__()
     c1, c2, c3 = channels
-    self.scale, self.k = pixel_scale, bank_kernel
+    self.scale, self.k, self.offset = pixel_scale, bank_kernel, output_offset
     self.enc = nn.ModuleList([tm.PadConv(3, c1, 9), tm.PadConv(c1, c2, 3, 2),
                               tm.PadConv(c2, c3, 3, 2)])
     self.enc_norms = nn.ModuleList([_affine_norm(c) for c in (c1, c2, c3)])
@@ -80,7 +80,7 @@ class StyleBankNet(nn.Module):
     x = f
     for conv, norm in zip(self.up, self.dec_norms):
       x = F.relu(norm(conv(tm.upsample2(x))))
-    return self.out(x) / self.scale
+    return self.out(x) / self.scale + self.offset
 
   def forward(self, x01, ids):
     return self.decode(self.apply_bank(self.encode(x01), ids))

@@ -43,6 +43,25 @@ def pad_spatial(x: Array, pad: int, padding: str) -> Array:
   raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
 
 
+def valid_padding():
+  """The `padding` argument of an unpadded ('VALID') convolution; crop its output with `crop_valid`.
+
+  XLA:CPU (jax 0.10) runs convolutions without padding on a much slower path than padded ones: a
+  9x9 32->3 convolution at 128 px takes 64 ms VALID and 2.5 ms with one extra zero row and column
+  (a 3x3 64->32 one 33 vs 7 ms). On CPU we therefore pad one zero row and column at the bottom and
+  right; they only add outputs past the VALID ones, which `crop_valid` drops, so the result is the
+  same up to float summation order. Other backends get plain 'VALID'.
+  """
+  return ((0, 1), (0, 1)) if jax.default_backend() == "cpu" else "VALID"
+
+
+def crop_valid(y: Array, in_hw, kernel_size: int, strides: int) -> Array:
+  """Crops a `valid_padding()` convolution's output `[B, h, w, C]` to the VALID size of `in_hw`."""
+  ho = (in_hw[0] - kernel_size) // strides + 1
+  wo = (in_hw[1] - kernel_size) // strides + 1
+  return y[:, :ho, :wo]
+
+
 def upsample_nearest(x: Array, factor: int) -> Array:
   """Nearest-neighbour upsampling of `[B, H, W, C]` by an integer `factor` -> `[B, fH, fW, C]`."""
   if factor == 1:
@@ -51,7 +70,7 @@ def upsample_nearest(x: Array, factor: int) -> Array:
 
 
 class ConvLayer(nn.Module):
-  """Explicit padding followed by a VALID convolution.
+  """Explicit padding followed by a VALID convolution (see `valid_padding` for how it runs on CPU).
 
   `[B, H, W, Cin] -> [B, (H + 2p - k) // s + 1, ..., features]` with `p = pad` (default
   `kernel_size // 2`, which keeps `ceil(H / s)` for odd kernels) for 'reflect'/'zero' padding; 'none'
@@ -80,10 +99,11 @@ class ConvLayer(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     x = pad_spatial(x, self.kernel_size // 2 if self.pad is None else self.pad, self.padding)
-    return nn.Conv(
+    y = nn.Conv(
         self.features, (self.kernel_size, self.kernel_size), strides=(self.strides, self.strides),
-        padding="VALID", use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
+        padding=valid_padding(), use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
         kernel_init=self.kernel_init, name="conv")(x)
+    return crop_valid(y, x.shape[1:3], self.kernel_size, self.strides)
 
 
 class UpsampleConv(nn.Module):

@@ -50,6 +50,10 @@ class StyleBankConfig:
   lr_decay_every: int = 10000
   style_size: int = 256                   # long side of each style image when computing its Grams
   pixel_scale: float = 255.0              # the network sees x * pixel_scale and returns that range
+  # Added to the decoder's output (in [0, 1] units) so that an untrained network starts at mid-grey:
+  # from 0 (black) the perceptual terms pull the output below 0 faster than the identity loss lifts
+  # it, and short runs end dark. 0 = the reimplementations' plain linear output.
+  output_offset: float = 0.5
   base_checkpoint: str = ""               # incremental learning: the trained model to extend
   new_styles: Tuple[str, ...] = ()        # incremental: style files/folders (default --style_dir)
 
@@ -57,7 +61,7 @@ class StyleBankConfig:
     return tuple(max(1, int(round(c * self.width))) for c in (32, 64, 128))
 
 
-ARCH_FIELDS = ("width", "bank_layers", "bank_kernel", "upsample", "pixel_scale")
+ARCH_FIELDS = ("width", "bank_layers", "bank_kernel", "upsample", "pixel_scale", "output_offset")
 
 
 def bank_name(i: int) -> str:
@@ -113,7 +117,7 @@ class Decoder(nn.Module):
         x = jsnn.UpsampleConv(features, 3, dtype=self.dtype, name=f"up{i + 1}")(x)
       x = nn.relu(jsnn.InstanceNorm(dtype=self.dtype, name=f"norm{i + 1}")(x))
     x = jsnn.ConvLayer(3, 9, dtype=self.dtype, name="out")(x)
-    return x.astype(jnp.float32) / self.config.pixel_scale
+    return x.astype(jnp.float32) / self.config.pixel_scale + self.config.output_offset
 
 
 class StyleBankNet:
