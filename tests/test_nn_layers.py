@@ -135,9 +135,10 @@ def test_cpu_fast_valid_padding_is_exact(rng, kernel, stride, size):
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
-def test_conv_layer_dtype_and_param_dtype(rng):
-  x = jnp.asarray(rng.normal(size=(1, 8, 8, 3)), jnp.bfloat16)
-  layer = jnn.ConvLayer(4, 3, dtype=jnp.bfloat16)
+@pytest.mark.parametrize("kernel", [3, 9])  # 9: the stacked-shift path of wide RGB kernels on CPU
+def test_conv_layer_dtype_and_param_dtype(rng, kernel):
+  x = jnp.asarray(rng.normal(size=(1, 12, 12, 3)), jnp.bfloat16)
+  layer = jnn.ConvLayer(4, kernel, dtype=jnp.bfloat16)
   shapes = jax.eval_shape(layer.init, jax.random.key(0), x)["params"]
   assert shapes["conv"]["kernel"].dtype == jnp.float32
   params, y = _init_apply(layer, x, 0)
