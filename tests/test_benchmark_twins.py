@@ -144,22 +144,27 @@ def test_param_index_maps_every_parameter_once():
     torch_train.param_index(build, {**params, "unused": np.zeros(3)})
 
 
-def test_launcher_writes_rows_of_the_new_cases(tmp_path, long_run):
-  from absl import flags
-  from launch import benchmark as launcher
-  out = tmp_path / "bench.json"
-  # By default the two new inference twins; --runslow adds train steps (AdaIN's twin) and TSPR.
-  methods = "stylebank,magenta,adain,tspr" if long_run else "stylebank,magenta"
-  argv = ["benchmark", f"--methods={methods}", "--resolutions=32", "--batch_sizes=1",
-          "--kinds=inference,train" if long_run else "--kinds=inference", "--torch=eager",
-          "--repeats=1", "--rounds=1", "--warmup=0", f"--width={WIDTH}", f"--output={out}"]
+def _run_launcher(argv, out):
+  """Runs `launch/benchmark.py` in-process with `argv`; its JSON rows by case name."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from launch import benchmark as launcher  # pylint: disable=g-import-not-at-top
   flags.FLAGS.unparse_flags()
   flags.FLAGS(argv)
   try:
     launcher.main(argv[:1])
   finally:
     flags.FLAGS.unparse_flags()
-  rows = {r["case"]: r for r in json.loads(out.read_text())["results"]}
+  return {r["case"]: r for r in json.loads(out.read_text())["results"]}
+
+
+def test_launcher_writes_rows_of_the_new_cases(tmp_path, long_run):
+  out = tmp_path / "bench.json"
+  # By default the two new inference twins; --runslow adds train steps (AdaIN's twin) and TSPR.
+  methods = "stylebank,magenta,adain,tspr" if long_run else "stylebank,magenta"
+  argv = ["benchmark", f"--methods={methods}", "--resolutions=32", "--batch_sizes=1",
+          "--kinds=inference,train" if long_run else "--kinds=inference", "--torch=eager",
+          "--repeats=1", "--rounds=1", "--warmup=0", f"--width={WIDTH}", f"--output={out}"]
+  rows = _run_launcher(argv, out)
   for name in ("stylebank/inference", "magenta/inference"):
     check = rows[name]["torch_check"]
     assert "error" not in rows[name] and check["ok"], rows[name]
@@ -225,20 +230,12 @@ def test_launcher_checks_and_times_the_tspr_twin(tmp_path, long_run):
     # Compiling the case's full-depth generator (6 + 6 + 6 residual blocks) takes ~30 s on the
     # shared CPU; the twin itself is covered above at a small depth.
     pytest.skip("the TSPR benchmark case runs under --runslow")
-  from absl import flags
-  from launch import benchmark as launcher
   out = tmp_path / "bench.json"
   # 32 px: the global-style branch reaches 1x1, where the twin's instance norm must give zeros.
   argv = ["benchmark", "--methods=tspr", "--resolutions=32", "--batch_sizes=2",
           "--kinds=inference", "--torch=eager", "--repeats=1", "--rounds=1", "--warmup=0",
           f"--width={WIDTH}", f"--output={out}"]
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(argv)
-  try:
-    launcher.main(argv[:1])
-  finally:
-    flags.FLAGS.unparse_flags()
-  row = {r["case"]: r for r in json.loads(out.read_text())["results"]}["tspr/inference"]
+  row = _run_launcher(argv, out)["tspr/inference"]
   assert "error" not in row and "torch_error" not in row, row
   assert row["torch_check"]["ok"] and row["torch_check"]["max_err"] <= 0.1 * row["torch_check"][
       "tolerance"], row["torch_check"]
