@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxstyle.errors import ConfigError
 from jaxstyle.nn import conv
+from jaxstyle.nn import winograd
 
 # Convolutions per block.
 BLOCKS = {16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
@@ -124,6 +125,35 @@ def deprocess(x: jax.Array, convention: str) -> jax.Array:
   return x * jnp.asarray(IMAGENET_STD, x.dtype) + jnp.asarray(IMAGENET_MEAN, x.dtype)
 
 
+def _conv3x3(x: jax.Array, features: int, padding: str, dtype, name: str,
+             transformed: Optional[dict]) -> jax.Array:
+  """One size-keeping 3x3 convolution, an `nn.Conv` named `name` (see `jaxstyle.nn.conv` for the
+  CPU paths: Winograd for wide layers, padded instead of VALID convolutions)."""
+  if winograd.applies(x.shape[-1], features, 3, 1, dtype):
+    return conv.winograd_conv(conv.pad_spatial(x, 1, padding), features, name=name, dtype=dtype,
+                              transformed=transformed)
+  if padding == "zero":
+    return nn.Conv(features, (3, 3), padding="SAME", dtype=dtype, name=name)(x)
+  x = conv.reflect_pad(x, 1)
+  y = nn.Conv(features, (3, 3), padding=conv.valid_padding(), dtype=dtype, name=name)(x)
+  return conv.crop_valid(y, x.shape[1:3], 3, 1)
+
+
+def pool2x2(x: jax.Array, pooling: str) -> jax.Array:
+  """2x2 stride-2 max or average pooling of `[B, H, W, C]`; odd sizes round down (torchvision).
+
+  Written as a reshape and a reduction rather than `reduce_window`: XLA:CPU differentiates a
+  max `reduce_window` by select-and-scatter over index tensors, 6x slower (pool1 of VGG at 128 px:
+  9.5 vs 1.5 ms backward) and a sizeable part of every Gatys iteration and loss-network backward
+  pass. The forward values are identical; at exact ties inside a window the max gradient is split
+  between the tied inputs rather than routed to one of them (ties of ReLU zeros get no gradient
+  either way).
+  """
+  b, h, w, c = x.shape
+  x = x[:, :h - h % 2, :w - w % 2].reshape(b, h // 2, 2, w // 2, 2, c)
+  return x.max(axis=(2, 4)) if pooling == "max" else x.mean(axis=(2, 4))
+
+
 class VGG(nn.Module):
   """VGG16/19 convolutional features returning named activations.
 
@@ -170,21 +200,16 @@ class VGG(nn.Module):
 
     for b, n in enumerate(BLOCKS[self.depth], start=1):
       for i in range(1, n + 1):
-        if self.padding == "reflect":
-          x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-        pad = "SAME" if self.padding == "zero" else conv.valid_padding()
-        hw = x.shape[1:3]
-        x = nn.Conv(self.widths[b - 1], (3, 3), padding=pad, dtype=self.dtype,
-                    name=f"conv{b}_{i}")(x)
-        if self.padding == "reflect":
-          x = conv.crop_valid(x, hw, 3, 1)
+        name = f"conv{b}_{i}"
+        transformed = (self.get_variable("winograd", name)
+                       if self.has_variable("winograd", name) else None)
+        x = _conv3x3(x, self.widths[b - 1], self.padding, self.dtype, name, transformed)
         if emit(f"conv{b}_{i}", x):
           return {k: result[k] for k in outputs}
         x = nn.relu(x)
         if emit(f"relu{b}_{i}", x):
           return {k: result[k] for k in outputs}
-      pool = nn.max_pool if self.pooling == "max" else nn.avg_pool
-      x = pool(x, (2, 2), strides=(2, 2), padding="VALID")
+      x = pool2x2(x, self.pooling)
       if emit(f"pool{b}", x):
         return {k: result[k] for k in outputs}
     raise AssertionError("unreachable: the deepest requested layer was never produced")
@@ -201,6 +226,9 @@ class LossNet:
     pooling: 'max' or 'avg' (static).
     padding: 'zero' or 'reflect' (static).
     widths: channels of the five blocks (static; only random test networks change it).
+    winograd: None, or {layer: `winograd.transform_frozen(kernel)`} for the layers that run by
+      Winograd on this backend (`with_winograd`): the network is frozen, so its kernels are
+      transformed once instead of in every jitted call.
   """
   params: dict
   depth: int = flax.struct.field(pytree_node=False, default=16)
@@ -208,6 +236,17 @@ class LossNet:
   pooling: str = flax.struct.field(pytree_node=False, default="max")
   padding: str = flax.struct.field(pytree_node=False, default="zero")
   widths: Tuple[int, ...] = flax.struct.field(pytree_node=False, default=WIDTHS)
+  winograd: Optional[dict] = None
+
+  def with_winograd(self) -> "LossNet":
+    """This network with its Winograd kernel transforms precomputed (float32 features only)."""
+    cin, transformed = 3, {}
+    for name in conv_names(self.depth):
+      cout = layer_channels(name, self.depth, self.widths)
+      if winograd.applies(cin, cout, 3, 1):
+        transformed[name] = jax.jit(winograd.transform_frozen)(self.params[name]["kernel"])
+      cin = cout
+    return self.replace(winograd=transformed or None)
 
   def module(self, dtype: Optional[jnp.dtype] = None) -> VGG:
     return VGG(depth=self.depth, pooling=self.pooling, padding=self.padding,
@@ -241,7 +280,10 @@ class LossNet:
     if x01.ndim != 4 or x01.shape[-1] != 3:
       raise ConfigError(f"VGG features expect [B, H, W, 3] images, got shape {tuple(x01.shape)}")
     x = preprocess(x01.astype(jnp.float32), self.convention)
-    out = self.module(dtype).apply({"params": self.params}, x, layers)
+    variables = {"params": self.params}
+    if self.winograd:
+      variables["winograd"] = self.winograd
+    out = self.module(dtype).apply(variables, x, layers)
     return {k: v[0] for k, v in out.items()} if single else out
 
   def replace_options(self, *, pooling: Optional[str] = None,
@@ -279,7 +321,7 @@ def random_loss_net(seed: int = 0, depth: int = 16, *, widths: Sequence[int] = (
   _check_choice("VGG convention", convention, CONVENTIONS)
   params = init_params(seed, depth, widths)
   return LossNet(params=params, depth=depth, convention=convention, pooling=pooling,
-                 padding=padding, widths=tuple(widths))
+                 padding=padding, widths=tuple(widths)).with_winograd()
 
 
 def load_loss_net(weights: str = "hed-vgg16", *, cache_dir: Optional[str] = None,
@@ -311,4 +353,4 @@ def load_loss_net(weights: str = "hed-vgg16", *, cache_dir: Optional[str] = None
   from pretrained import cache  # pylint: disable=g-import-not-at-top
   params, depth, convention = cache.load_params(weights, cache_dir=cache_dir)
   return LossNet(params=params, depth=depth, convention=convention, pooling=pooling,
-                 padding=padding)
+                 padding=padding).with_winograd()

@@ -28,7 +28,7 @@ def scaled(channels: int, width: float, least: int = 1) -> int:
 def random_vgg16(width: float = 1.0) -> vgg.LossNet:
   """VGG16 with random weights in the Caffe convention (the default HED layout), `width` x wide."""
   widths = tuple(scaled(c, width) for c in vgg.WIDTHS)
-  return vgg.LossNet(params=vgg.init_params(0, 16, widths), depth=16, widths=widths)
+  return vgg.LossNet(params=vgg.init_params(0, 16, widths), depth=16, widths=widths).with_winograd()
 
 
 def _images(seed: int, batch: int, size: int) -> jax.Array:

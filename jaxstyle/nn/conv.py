@@ -15,6 +15,8 @@ from flax.linen.dtypes import promote_dtype
 import jax
 import jax.numpy as jnp
 
+from jaxstyle.nn import winograd
+
 Array = jax.Array
 
 _PADDINGS = ("reflect", "zero", "none")
@@ -108,8 +110,28 @@ def _shifted_conv(x: Array, kernel: Array, bias: Optional[Array], dtype) -> Arra
   return y if bias is None else y + bias
 
 
+def winograd_conv(x: Array, features: int, *, name: str, use_bias: bool = True,
+                  kernel_init: Callable = nn.linear.default_kernel_init, dtype=None,
+                  transformed: Optional[dict] = None) -> Array:
+  """An unpadded 3x3 `nn.Conv` named `name` (same parameters), run by Winograd.
+
+  Call it inside a compact `__call__` where `winograd.applies(...)`; the parameters are created in
+  the calling module. `transformed` (`winograd.transform_frozen` of the kernel) marks the layer
+  frozen: its precomputed transforms are used and no gradient reaches the weights.
+  """
+  kernel, bias = _ConvParams(features, 3, use_bias, kernel_init, name=name)(x.shape[-1])
+  x, kernel, bias = promote_dtype(x, kernel, bias, dtype=dtype)
+  if transformed is not None:
+    return winograd.conv3x3_frozen(x, transformed, bias)
+  return winograd.conv3x3_valid(x, kernel, bias)
+
+
 class ConvLayer(nn.Module):
-  """Explicit padding followed by a VALID convolution (see `valid_padding` for how it runs on CPU).
+  """Explicit padding followed by a VALID convolution.
+
+  On CPU, wide 3x3 stride-1 layers run by Winograd (`winograd.applies`), wide-kernel RGB layers as
+  stacked shifts (`_stack_shifts`) and the rest padded (`valid_padding`); the parameters are always
+  those of an `nn.Conv` named 'conv'.
 
   `[B, H, W, Cin] -> [B, (H + 2p - k) // s + 1, ..., features]` with `p = pad` (default
   `kernel_size // 2`, which keeps `ceil(H / s)` for odd kernels) for 'reflect'/'zero' padding; 'none'
@@ -138,6 +160,9 @@ class ConvLayer(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     x = pad_spatial(x, self.kernel_size // 2 if self.pad is None else self.pad, self.padding)
+    if winograd.applies(x.shape[-1], self.features, self.kernel_size, self.strides, self.dtype):
+      return winograd_conv(x, self.features, name="conv", use_bias=self.use_bias,
+                           kernel_init=self.kernel_init, dtype=self.dtype)
     if _stack_shifts(x.shape[-1], self.kernel_size, self.strides):
       kernel, bias = _ConvParams(self.features, self.kernel_size, self.use_bias, self.kernel_init,
                                  name="conv")(x.shape[-1])
