@@ -116,7 +116,8 @@ def test_train_twin_matches_one_jax_step(method):
   reference = case.reference(step(*case.fresh_args()))
   twin = case.torch()
   err, tol = twin.check(reference)
-  assert tol == torch_train.TOLERANCE and err <= 3e-4, err
+  want_tol = torch_train.MSGNET_TOLERANCE if method == "msgnet" else torch_train.TOLERANCE
+  assert tol == want_tol and err <= 3e-4, err
   # The check is real: a slightly different loss, gradient or updated parameter is caught.
   bad_params = reference["params"] + 0.01 * trainer.learning_rate * np.sign(reference["grads"])
   for key, value in (("loss", 1.01 * reference["loss"]), ("grads", 1.01 * reference["grads"]),

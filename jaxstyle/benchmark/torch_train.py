@@ -30,6 +30,11 @@ from jaxstyle.benchmark import torch_models as tm
 from jaxstyle.benchmark.case import TorchTwin
 
 TOLERANCE = 1e-3
+# MSG-Net's gradient is ill-conditioned in float32: two JAX computations of the same train step
+# that differ only in their convolution algorithm (Winograd or direct, i.e. rounding) agree on the
+# loss to the last digit but on the gradient only to 6.5e-4 max abs / max |g| (1.3e-3 relative L2)
+# at 128 px, so PyTorch cannot be held closer than that either.
+MSGNET_TOLERANCE = 5e-3
 _NOISE_FLOOR = 1e-3  # gradient entries below this x max |g| are rounding noise (see the docstring)
 
 
@@ -115,7 +120,8 @@ def param_index(build: Callable[[Any], torch.nn.Module], params) -> Tuple[List[n
 
 def train_twin(build: Callable[[Any], torch.nn.Module], params0,
                loss_fn: Callable[[torch.nn.Module], torch.Tensor], learning_rate: float,
-               lr_factor: Optional[Callable[[int], float]] = None) -> TorchTwin:
+               lr_factor: Optional[Callable[[int], float]] = None,
+               tolerance: float = TOLERANCE) -> TorchTwin:
   """A one-Adam-step twin of a train step.
 
   Args:
@@ -124,6 +130,7 @@ def train_twin(build: Callable[[Any], torch.nn.Module], params0,
     loss_fn: `loss_fn(module) -> scalar loss` of the case's batch.
     learning_rate: Adam's base learning rate.
     lr_factor: optional schedule `step -> factor` (optax schedules count from 0, as LambdaLR).
+    tolerance: what the worst of the three errors is held to (see MSGNET_TOLERANCE).
   """
   index, total = param_index(build, params0)
 
@@ -164,7 +171,7 @@ def train_twin(build: Callable[[Any], torch.nn.Module], params0,
     # the noise floor and where both sides agree on it to 10%.
     sure = (np.abs(g_ref) > _NOISE_FLOOR * g_max) & (np.abs(grads - g_ref) < 0.1 * np.abs(g_ref))
     param_err = float(np.max(np.abs(params - reference["params"])[sure], initial=0.0)) / learning_rate
-    return max(loss_err, grad_err, param_err), TOLERANCE
+    return max(loss_err, grad_err, param_err), tolerance
 
   return TorchTwin(make_fn, check)
 
@@ -223,7 +230,8 @@ def msgnet_train_twin(trainer, state, batch) -> TorchTwin:
         style_weight=cfg.style_weight, tv_weight=cfg.tv_weight, normalize=cfg.gram_normalize,
         style_scales=scales, normalize_content=cfg.normalize_layers)
 
-  return train_twin(build, state.params, loss_fn, trainer.learning_rate)
+  return train_twin(build, state.params, loss_fn, trainer.learning_rate,
+                    tolerance=MSGNET_TOLERANCE)
 
 
 def adain_train_twin(trainer, state, batch) -> TorchTwin:
