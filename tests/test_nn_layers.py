@@ -91,7 +91,8 @@ def test_reflect_pad_matches_torch(rng, pad):
 
 @pytest.mark.parametrize("kernel,stride,padding,pad", [
     (3, 1, "reflect", None), (3, 2, "reflect", None), (9, 1, "reflect", None), (3, 2, "zero", None),
-    (3, 1, "none", None), (4, 2, "zero", 1), (4, 1, "reflect", 1)])
+    (3, 1, "none", None), (4, 2, "zero", 1), (4, 1, "reflect", 1), (1, 1, "none", None),
+    (1, 2, "none", None)])
 def test_conv_layer_matches_torch(rng, kernel, stride, padding, pad):
   x = rng.normal(size=(2, 12, 10, 3)).astype(np.float32)
   layer = jnn.ConvLayer(5, kernel, strides=stride, padding=padding, pad=pad)
