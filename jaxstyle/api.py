@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from jaxstyle.errors import ConfigError
+from jaxstyle.errors import ConfigError, WeightsError
 
 METHODS = {
     "gatys": "jaxstyle.methods.gatys",
@@ -28,6 +28,24 @@ METHODS = {
     "tspr": "jaxstyle.methods.tspr",
 }
 OPTIMIZATION_METHODS = ("gatys", "histogram")
+
+
+def default_train_weights(method: str, cache_dir: Optional[str] = None) -> str:
+  """The loss network a trainer gets when none is named.
+
+  AdaIN's reference encoder is torchvision's VGG19: it is used when its file is on disk (the
+  jaxstyle cache or torch.hub's folder; it is never downloaded). Everything else, and AdaIN
+  without that file, gets the default HED VGG16.
+  """
+  if method == "adain":
+    # Imported here: pretrained/ imports jaxstyle for the layer tables.
+    from pretrained import cache, torchvision_pth  # pylint: disable=g-import-not-at-top
+    try:
+      torchvision_pth.locate(19, cache.cache_dir(cache_dir, create=False))
+      return "torchvision-vgg19"
+    except WeightsError:
+      pass
+  return "hed-vgg16"
 TRAINABLE_METHODS = ("johnson", "msgnet", "stylebank", "adain", "magenta", "tspr")
 
 

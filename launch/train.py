@@ -28,7 +28,9 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Global batch size (split ov
 _STEPS = flags.DEFINE_integer("steps", 40000, "Total training steps.")
 _LR = flags.DEFINE_float("learning_rate", None, "Learning rate; unset = the method's default.")
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/run", "Checkpoints and summaries go here.")
-_WEIGHTS = flags.DEFINE_string("weights", "hed-vgg16", "Loss network weights (see stylize.py).")
+_WEIGHTS = flags.DEFINE_string(
+    "weights", "", "Loss network weights (see stylize.py). Default: hed-vgg16; for adain, "
+    "torchvision-vgg19 when its file is on disk (the reference encoder), else hed-vgg16.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of parameters and data order.")
 _MIXED = flags.DEFINE_bool("mixed_precision", False, "bf16 compute with f32 parameters.")
 _CKPT_EVERY = flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every N steps.")
@@ -60,7 +62,7 @@ def build_request() -> api.TrainRequest:
       method=_METHOD.value, content_dir=_CONTENT_DIR.value, style_dir=_STYLE_DIR.value,
       workdir=os.path.abspath(_WORKDIR.value), image_size=_IMAGE_SIZE.value,
       batch_size=_BATCH_SIZE.value, steps=_STEPS.value, learning_rate=_LR.value,
-      weights=_WEIGHTS.value, seed=_SEED.value, mixed_precision=_MIXED.value,
+      weights=_WEIGHTS.value or api.default_train_weights(_METHOD.value), seed=_SEED.value, mixed_precision=_MIXED.value,
       checkpoint_every=_CKPT_EVERY.value, keep_checkpoints=_KEEP.value, log_every=_LOG_EVERY.value,
       summary_every=_SUMMARY_EVERY.value, max_nonfinite=_MAX_NONFINITE.value,
       overrides=api.parse_overrides(_SET.value))

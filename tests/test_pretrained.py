@@ -483,3 +483,16 @@ def test_real_hed_detects_edges(hed_net):
   edges = 1 / (1 + np.exp(-fused[0, :, :, 0]))
   assert edges[np.abs(r - 15) < 1.5].mean() > 0.5
   assert edges[r < 8].mean() < 0.1 and edges[(r > 24) & (r < 30)].mean() < 0.1
+
+
+def test_default_train_weights_prefer_vgg19_for_adain_when_on_disk(tmp_path, monkeypatch):
+  from jaxstyle import api
+  from pretrained import torchvision_pth
+  monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+  cache = str(tmp_path / "cache")
+  assert api.default_train_weights("adain", cache) == "hed-vgg16"
+  hub = torchvision_pth.hub_dir()
+  os.makedirs(hub)
+  open(os.path.join(hub, torchvision_pth.FILES[19]), "wb").close()
+  assert api.default_train_weights("adain", cache) == "torchvision-vgg19"
+  assert api.default_train_weights("johnson", cache) == "hed-vgg16"
