@@ -28,6 +28,7 @@ METHODS = {
     "tspr": "jaxstyle.methods.tspr",
 }
 OPTIMIZATION_METHODS = ("gatys", "histogram")
+TRAINABLE_METHODS = ("johnson", "msgnet", "stylebank", "adain", "magenta", "tspr")
 
 
 def default_train_weights(method: str, cache_dir: Optional[str] = None) -> str:
@@ -46,7 +47,6 @@ def default_train_weights(method: str, cache_dir: Optional[str] = None) -> str:
     except WeightsError:
       pass
   return "hed-vgg16"
-TRAINABLE_METHODS = ("johnson", "msgnet", "stylebank", "adain", "magenta", "tspr")
 
 
 @dataclasses.dataclass
@@ -84,7 +84,7 @@ class TrainRequest:
   batch_size: int = 4
   steps: int = 40000
   learning_rate: Optional[float] = None
-  weights: str = "hed-vgg16"
+  weights: str = ""                              # "" = default_train_weights(method)
   seed: int = 0
   mixed_precision: bool = False
   checkpoint_every: int = 1000
@@ -93,6 +93,9 @@ class TrainRequest:
   summary_every: int = 500
   max_nonfinite: int = 10
   overrides: dict = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    self.weights = self.weights or default_train_weights(self.method)
 
 
 def get_method(name: str):

@@ -62,7 +62,7 @@ def build_request() -> api.TrainRequest:
       method=_METHOD.value, content_dir=_CONTENT_DIR.value, style_dir=_STYLE_DIR.value,
       workdir=os.path.abspath(_WORKDIR.value), image_size=_IMAGE_SIZE.value,
       batch_size=_BATCH_SIZE.value, steps=_STEPS.value, learning_rate=_LR.value,
-      weights=_WEIGHTS.value or api.default_train_weights(_METHOD.value), seed=_SEED.value, mixed_precision=_MIXED.value,
+      weights=_WEIGHTS.value, seed=_SEED.value, mixed_precision=_MIXED.value,
       checkpoint_every=_CKPT_EVERY.value, keep_checkpoints=_KEEP.value, log_every=_LOG_EVERY.value,
       summary_every=_SUMMARY_EVERY.value, max_nonfinite=_MAX_NONFINITE.value,
       overrides=api.parse_overrides(_SET.value))

@@ -496,3 +496,9 @@ def test_default_train_weights_prefer_vgg19_for_adain_when_on_disk(tmp_path, mon
   open(os.path.join(hub, torchvision_pth.FILES[19]), "wb").close()
   assert api.default_train_weights("adain", cache) == "torchvision-vgg19"
   assert api.default_train_weights("johnson", cache) == "hed-vgg16"
+  # A request that names no weights gets the method's default; a named one is kept.
+  monkeypatch.setenv("JAXSTYLE_CACHE", cache)
+  request = lambda method, **kw: api.TrainRequest(method, None, None, "unused", **kw)
+  assert request("adain").weights == "torchvision-vgg19"
+  assert request("msgnet").weights == "hed-vgg16"
+  assert request("adain", weights="hed-vgg16").weights == "hed-vgg16"
