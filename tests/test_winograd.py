@@ -34,9 +34,11 @@ def _plain(monkeypatch):
   monkeypatch.setattr(winograd, "applies", lambda *a, **k: False)
 
 
+@pytest.mark.parametrize("separate", [False, True])  # one batched matmul or 16 separate ones
 @pytest.mark.parametrize("shape,cout", [((2, 9, 12, 64), 128), ((1, 6, 5, 128), 64),
-                                        ((1, 3, 3, 128), 128)])
-def test_conv3x3_valid_matches_direct_convolution(rng, shape, cout):
+                                        ((1, 3, 3, 128), 128), ((1, 7, 8, 32), 32)])
+def test_conv3x3_valid_matches_direct_convolution(rng, shape, cout, separate, monkeypatch):
+  monkeypatch.setattr(winograd, "SEPARATE_TILES", 1 if separate else 10**9)
   x = jnp.asarray(rng.normal(size=shape).astype(np.float32))
   kernel = jnp.asarray(rng.normal(size=(3, 3, shape[-1], cout)).astype(np.float32))
   bias = jnp.asarray(rng.normal(size=(cout,)).astype(np.float32))
@@ -49,7 +51,9 @@ def test_conv3x3_valid_matches_direct_convolution(rng, shape, cout):
     assert _rel(got_g, want_g) < 1e-5
 
 
-def test_frozen_transforms_match_and_give_no_weight_gradient(rng):
+@pytest.mark.parametrize("separate", [False, True])
+def test_frozen_transforms_match_and_give_no_weight_gradient(rng, separate, monkeypatch):
+  monkeypatch.setattr(winograd, "SEPARATE_TILES", 1 if separate else 10**9)
   x = jnp.asarray(rng.normal(size=(2, 8, 7, 128)).astype(np.float32))
   kernel = jnp.asarray(rng.normal(size=(3, 3, 128, 64)).astype(np.float32))
   transformed = winograd.transform_frozen(kernel)
@@ -66,8 +70,9 @@ def test_frozen_transforms_match_and_give_no_weight_gradient(rng):
 def test_applies_only_to_wide_float32_3x3_stride1_on_cpu():
   assert winograd.applies(128, 128, 3, 1) == (jax.default_backend() == "cpu")
   assert winograd.applies(64, 128, 3, 1, jnp.float32) == (jax.default_backend() == "cpu")
-  assert not winograd.applies(64, 64, 3, 1)        # transforms cost more than they save
-  assert not winograd.applies(32, 512, 3, 1)
+  assert winograd.applies(32, 64, 3, 1) == (jax.default_backend() == "cpu")
+  assert not winograd.applies(16, 64, 3, 1)        # transforms cost more than they save
+  assert not winograd.applies(512, 3, 3, 1)
   assert not winograd.applies(128, 128, 3, 2)
   assert not winograd.applies(128, 128, 5, 1)
   assert not winograd.applies(128, 128, 3, 1, jnp.bfloat16)
@@ -119,7 +124,7 @@ def test_wide_vgg_and_precomputed_transforms_match_torch(rng, pooling, padding, 
   net = vgg.LossNet(params=params, widths=WIDE, pooling=pooling, padding=padding)
   fast = net.with_winograd()
   if jax.default_backend() == "cpu":
-    assert set(fast.winograd) == set(vgg.conv_names(16)[2:])
+    assert set(fast.winograd) == set(vgg.conv_names(16)[1:])  # all but the RGB conv1_1
   x01 = rng.uniform(size=(2, 35, 32, 3)).astype(np.float32)  # odd height: pooling floors
   layers = ("relu1_2", "relu2_1", "relu3_3", "relu4_2", "relu5_1")
   want = _torch_vgg(params, np.asarray(vgg.preprocess(x01, "caffe")), pooling, padding)

@@ -3,13 +3,14 @@
 XLA:CPU runs a 3x3 convolution directly, about as fast as PyTorch's oneDNN kernels. Winograd's
 minimal filtering (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks") computes
 each 2x2 output tile from a 4x4 input tile with 16 instead of 36 multiplications per channel pair:
-the input and kernel tiles are transformed (`B^T d B`, `G g G^T`), multiplied as 16 batched matmuls
-over channels, and transformed back (`A^T m A`). When the matmuls dominate (64+ channels on both
-sides, 128+ on one) a layer runs 1.2-1.8x faster on CPU, forward and input gradient (VGG's 256->256
-at 32x32: 12.7 -> 7.7 ms forward, 13.5 -> 7.9 ms input gradient); with fewer channels the
-memory-bound transforms lose to the direct convolution. F(2x2, 3x3) keeps float32 rounding at the
-direct convolution's level (~1e-6 relative); the larger F(4x4, 3x3) tiles lose an order of
-magnitude, so they are not used.
+the input and kernel tiles are transformed (`B^T d B`, `G g G^T`), multiplied as 16 matmuls over
+channels, and transformed back (`A^T m A`). With 32+ channels on both sides a layer runs 1.2-2x
+faster on CPU, forward and input gradient (VGG's 256->256 at 32x32: 12.7 -> 7.7 ms forward; 64->32
+at 128x128: 5.6 -> 2.8 ms); with fewer channels the memory-bound transforms lose to the direct
+convolution. F(2x2, 3x3) keeps float32 rounding at the direct convolution's level (~1e-6
+relative); F(4x4, 3x3) loses an order of magnitude and was no faster here (its transforms are not
+0/+-1 sums), so it is not used. The kernel gradient keeps the direct rule: Winograd's was faster
+for small maps but up to 2x slower once the 16 transformed tiles outgrow the cache.
 """
 from typing import Dict, Optional
 
@@ -24,15 +25,14 @@ _BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.f
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
 _AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 
-MIN_CHANNELS = 64   # on both sides,
-MIN_WIDER = 128     # and on at least one.
+MIN_CHANNELS = 32   # on both sides.
+SEPARATE_TILES = 256  # output tiles (B * H/2 * W/2) from which the 16 matmuls run separately.
 
 
 def applies(in_channels: int, out_channels: int, kernel_size: int, strides: int,
             dtype=None) -> bool:
   """Whether a convolution takes the Winograd path: CPU, float32, 3x3, stride 1, wide enough."""
   return (kernel_size == 3 and strides == 1 and min(in_channels, out_channels) >= MIN_CHANNELS
-          and max(in_channels, out_channels) >= MIN_WIDER
           and (dtype is None or jnp.dtype(dtype) == jnp.float32)
           and jax.default_backend() == "cpu")
 
@@ -78,10 +78,19 @@ def _winograd(x: Array, u: Array, contract: int) -> Array:
   d = [[x[:, i:i + 2 * th:2, j:j + 2 * tw:2] for j in range(4)] for i in range(4)]
   cols = [_combine(_BT, [d[i][j] for i in range(4)]) for j in range(4)]  # cols[j][p]
   v = [_combine(_BT, [cols[j][p] for j in range(4)]) for p in range(4)]  # v[p][q]
-  v = jnp.stack([v[p][q] for p in range(4) for q in range(4)]).reshape(16, b * th * tw, c)
-  m = jax.lax.dot_general(v, u, (((2,), (contract,)), ((0,), (0,))))
-  m = m.reshape(4, 4, b, th, tw, -1)
-  rows = [_combine(_AT, [m[p, q] for p in range(4)]) for q in range(4)]  # rows[q][i]
+  n = b * th * tw
+  if n >= SEPARATE_TILES:
+    # 16 matmuls on separate operands: XLA:CPU fuses each transform into its matmul's input,
+    # where stacking them first costs a copy as slow as the matmuls (128 px, 64->64: 20 -> 4.8 ms).
+    m = [[jax.lax.dot_general(v[p][q].reshape(n, c), u[4 * p + q],
+                              (((1,), (contract - 1,)), ((), ()))).reshape(b, th, tw, -1)
+          for q in range(4)] for p in range(4)]
+  else:
+    # Few tiles (deep, small maps): one batched matmul keeps the cores busy.
+    m = jnp.stack([v[p][q] for p in range(4) for q in range(4)]).reshape(16, n, c)
+    m = jax.lax.dot_general(m, u, (((2,), (contract,)), ((0,), (0,))))
+    m = m.reshape(4, 4, b, th, tw, -1)
+  rows = [_combine(_AT, [m[p][q] for p in range(4)]) for q in range(4)]  # rows[q][i]
   y = [_combine(_AT, [rows[q][i] for q in range(4)]) for i in range(2)]  # y[i][j]
   y = jnp.stack([jnp.stack(y_i, axis=3) for y_i in y], axis=2)  # [B, th, 2, tw, 2, Cout]
   return y.reshape(b, 2 * th, 2 * tw, -1)[:, :ho, :wo]
