@@ -84,6 +84,7 @@ class TrainRequest:
   batch_size: int = 4
   steps: int = 40000
   learning_rate: Optional[float] = None
+  grad_clip_norm: float = 0.0                    # > 0: clip each step's gradient norm (all methods)
   weights: str = ""                              # "" = default_train_weights(method)
   seed: int = 0
   mixed_precision: bool = False

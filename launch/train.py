@@ -27,6 +27,9 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", 256, "Training crop size.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Global batch size (split over all devices).")
 _STEPS = flags.DEFINE_integer("steps", 40000, "Total training steps.")
 _LR = flags.DEFINE_float("learning_rate", None, "Learning rate; unset = the method's default.")
+_CLIP = flags.DEFINE_float(
+    "grad_clip_norm", 0.0, "Clip each step's gradient to this global norm (optax "
+    "clip_by_global_norm; per optimiser for GANs); 0 = no clipping.")
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/run", "Checkpoints and summaries go here.")
 _WEIGHTS = flags.DEFINE_string(
     "weights", "", "Loss network weights (see stylize.py). Default: hed-vgg16; for adain, "
@@ -53,6 +56,8 @@ def build_request() -> api.TrainRequest:
     common.positive(name, flag.value)
   if _LR.value is not None:
     common.positive("learning_rate", _LR.value)
+  if _CLIP.value < 0:
+    raise ConfigError(f"--grad_clip_norm must be >= 0, got {_CLIP.value}")
   for name, path in (("content_dir", _CONTENT_DIR.value), ("style_dir", _STYLE_DIR.value)):
     if path is not None and not os.path.isdir(path):
       raise ConfigError(f"--{name} {path} is not a directory")
@@ -62,6 +67,7 @@ def build_request() -> api.TrainRequest:
       method=_METHOD.value, content_dir=_CONTENT_DIR.value, style_dir=_STYLE_DIR.value,
       workdir=os.path.abspath(_WORKDIR.value), image_size=_IMAGE_SIZE.value,
       batch_size=_BATCH_SIZE.value, steps=_STEPS.value, learning_rate=_LR.value,
+      grad_clip_norm=_CLIP.value,
       weights=_WEIGHTS.value, seed=_SEED.value, mixed_precision=_MIXED.value,
       checkpoint_every=_CKPT_EVERY.value, keep_checkpoints=_KEEP.value, log_every=_LOG_EVERY.value,
       summary_every=_SUMMARY_EVERY.value, max_nonfinite=_MAX_NONFINITE.value,

@@ -450,6 +450,7 @@ def train_table(p, d):
       ("unknown_method", ["--method=nope"], "--method=nope cannot be trained"),
       ("negative_steps", ["--steps=-3"], "--steps must be positive"),
       ("zero_batch", ["--batch_size=0"], "--batch_size must be positive"),
+      ("negative_clip", ["--grad_clip_norm=-1"], "--grad_clip_norm must be >= 0"),
       ("steps_not_a_number", ["--steps=ten"], "--steps=ten"),
       ("content_dir_missing", ["--content_dir=/nonexistent/photos"], "is not a directory"),
       ("content_dir_is_file", [f"--content_dir={p['rgb.png']}"], "is not a directory"),

@@ -16,7 +16,7 @@ from jaxstyle.errors import CheckpointError, TrainingError
 from jaxstyle.train import checkpoint
 from jaxstyle.train import loop
 from jaxstyle.train import sharding
-from jaxstyle.train.state import TrainState
+from jaxstyle.train.state import TrainState, clip_gradients
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -167,6 +167,30 @@ def test_train_state_with_several_optimisers():
   jitted = jax.jit(lambda s, g: s.apply_gradients(g))
   out = jitted(state, {"gen": {"w": jnp.zeros(3)}, "disc": {"w": jnp.zeros(2)}})
   assert jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(state)
+
+
+def test_clip_gradients_bounds_each_optimisers_update():
+  params = {"gen": {"w": jnp.zeros(4)}, "disc": {"w": jnp.zeros(2)}}
+  state = clip_gradients(TrainState.create(params, {"gen": optax.sgd(1.0), "disc": optax.sgd(1.0)}),
+                         0.5)
+  state = state.apply_gradients({"gen": {"w": jnp.full(4, 10.0)}, "disc": {"w": jnp.full(2, 0.1)}})
+  np.testing.assert_allclose(state.params["gen"]["w"], np.full(4, -0.25), rtol=1e-6)  # norm 20 -> 0.5
+  np.testing.assert_allclose(state.params["disc"]["w"], np.full(2, -0.1), rtol=1e-6)  # under: as is
+  single = TrainState.create({"w": jnp.zeros(3)}, optax.sgd(1.0))
+  assert clip_gradients(single, 0.0) is single
+  single = clip_gradients(single, 1.0).apply_gradients({"w": jnp.asarray([3.0, 0.0, 4.0])})
+  np.testing.assert_allclose(single.params["w"], [-0.6, 0.0, -0.8], rtol=1e-6)
+
+
+def test_loop_clips_gradients_and_resumes_with_them(tmp_path):
+  rec = _Recorder()
+  state = loop.train(toy.ToyTrainer(), toy.NoiseImages(),
+                     toy.request(tmp_path, steps=5, grad_clip_norm=1e-3), hooks=[rec])
+  assert len(state.opt_state) == 2  # (clip_by_global_norm, adam)
+  assert checkpoint.load_config(tmp_path)["train"]["grad_clip_norm"] == 1e-3
+  again = loop.train(toy.ToyTrainer(), toy.NoiseImages(),
+                     toy.request(tmp_path, steps=6, grad_clip_norm=1e-3))
+  assert int(again.step) == 6
 
 
 def test_compute_dtype_follows_mixed_precision(tmp_path):

@@ -21,6 +21,7 @@ from jaxstyle.errors import CheckpointError, TrainingError
 from jaxstyle.train import api
 from jaxstyle.train import checkpoint
 from jaxstyle.train import sharding
+from jaxstyle.train import state as state_lib
 from jaxstyle.train import step as step_lib
 from jaxstyle.train import summaries as summaries_lib
 from jaxstyle.train.state import TrainState, count_params
@@ -87,7 +88,8 @@ def train(trainer: Any, dataset: Any, request: Any, *, hooks: Optional[Sequence[
   Args:
     trainer: implements `jaxstyle.train.api.Trainer`.
     dataset: has `batch(step, batch_size) -> dict` of host arrays, pure in `step`.
-    request: workdir, steps, batch_size, seed, checkpoint/log/summary intervals, max_nonfinite.
+    request: workdir, steps, batch_size, seed, checkpoint/log/summary intervals, max_nonfinite,
+      and optionally grad_clip_norm (> 0 clips every optimiser's gradient, `clip_gradients`).
     hooks: called as `hook(step, state, metrics)` after every step.
     devices: devices to train on (default: all).
   Returns:
@@ -136,7 +138,9 @@ def _run(trainer, dataset, request, mesh, manager, writer, hooks, stop) -> Train
   batch0 = sharding.shard_batch(dataset.batch(0, bs), mesh)
 
   # Initialise by shape, then directly into the target shardings.
-  abstract = jax.eval_shape(trainer.init, init_key, batch0)
+  clip = getattr(request, "grad_clip_norm", 0.0)
+  init = lambda k, b: state_lib.clip_gradients(trainer.init(k, b), clip)
+  abstract = jax.eval_shape(init, init_key, batch0)
   state_sh = sharding.state_shardings(trainer, abstract, mesh)
   abstract_sh = sharding.with_shardings(abstract, state_sh)
   restored = manager.restore_latest(abstract_sh)
@@ -148,7 +152,7 @@ def _run(trainer, dataset, request, mesh, manager, writer, hooks, stop) -> Train
     # Leaves only: `init` builds a new optax `tx` (a static field) on every call, so the state's
     # structure is pinned to the abstract one and reused by the step, restore and saves.
     treedef = jax.tree_util.tree_structure(abstract)
-    leaves = _init_leaves(trainer.init, init_key, batch0, jax.tree_util.tree_leaves(state_sh))
+    leaves = _init_leaves(init, init_key, batch0, jax.tree_util.tree_leaves(state_sh))
     state = jax.tree_util.tree_unflatten(treedef, leaves)
   if restored is not None:
     # `frozen` is not checkpointed: it comes from the fresh init.

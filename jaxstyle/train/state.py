@@ -77,6 +77,25 @@ class TrainState:
     return self.replace(params=params, opt_state=opt_state, **changes)
 
 
+def clip_gradients(state: TrainState, max_norm: float) -> TrainState:
+  """`state` with every optimiser preceded by `optax.clip_by_global_norm(max_norm)`.
+
+  With a dict `tx`, each part's gradient is clipped by its own norm (the generator's and the
+  discriminator's gradients are separate updates). The optimiser states are rebuilt, so call it
+  on a fresh state; `max_norm <= 0` returns `state` unchanged.
+  """
+  if max_norm <= 0:
+    return state
+  clip = lambda t: optax.chain(optax.clip_by_global_norm(max_norm), t)
+  if isinstance(state.tx, Mapping):
+    tx = flax.core.FrozenDict({k: clip(t) for k, t in state.tx.items()})
+    opt_state = {k: t.init(state.params[k]) for k, t in tx.items()}
+  else:
+    tx = clip(state.tx)
+    opt_state = tx.init(state.params)
+  return state.replace(tx=tx, opt_state=opt_state)
+
+
 def _check_parts(params, tx: Mapping):
   if not isinstance(params, Mapping) or set(params) != set(tx):
     keys = sorted(params) if isinstance(params, Mapping) else type(params).__name__
