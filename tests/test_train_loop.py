@@ -183,9 +183,8 @@ def test_clip_gradients_bounds_each_optimisers_update():
 
 
 def test_loop_clips_gradients_and_resumes_with_them(tmp_path):
-  rec = _Recorder()
   state = loop.train(toy.ToyTrainer(), toy.NoiseImages(),
-                     toy.request(tmp_path, steps=5, grad_clip_norm=1e-3), hooks=[rec])
+                     toy.request(tmp_path, steps=5, grad_clip_norm=1e-3))
   assert len(state.opt_state) == 2  # (clip_by_global_norm, adam)
   assert checkpoint.load_config(tmp_path)["train"]["grad_clip_norm"] == 1e-3
   again = loop.train(toy.ToyTrainer(), toy.NoiseImages(),

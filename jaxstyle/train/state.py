@@ -81,19 +81,16 @@ def clip_gradients(state: TrainState, max_norm: float) -> TrainState:
   """`state` with every optimiser preceded by `optax.clip_by_global_norm(max_norm)`.
 
   With a dict `tx`, each part's gradient is clipped by its own norm (the generator's and the
-  discriminator's gradients are separate updates). The optimiser states are rebuilt, so call it
-  on a fresh state; `max_norm <= 0` returns `state` unchanged.
+  discriminator's gradients are separate updates). The optimiser states are rebuilt (by
+  `create`), so call it on a fresh state; `max_norm <= 0` returns `state` unchanged.
   """
   if max_norm <= 0:
     return state
   clip = lambda t: optax.chain(optax.clip_by_global_norm(max_norm), t)
-  if isinstance(state.tx, Mapping):
-    tx = flax.core.FrozenDict({k: clip(t) for k, t in state.tx.items()})
-    opt_state = {k: t.init(state.params[k]) for k, t in tx.items()}
-  else:
-    tx = clip(state.tx)
-    opt_state = tx.init(state.params)
-  return state.replace(tx=tx, opt_state=opt_state)
+  tx = ({k: clip(t) for k, t in state.tx.items()} if isinstance(state.tx, Mapping)
+        else clip(state.tx))
+  return TrainState.create(state.params, tx, extra=state.extra,
+                           frozen=state.frozen).replace(step=state.step)
 
 
 def _check_parts(params, tx: Mapping):
