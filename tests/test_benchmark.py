@@ -33,7 +33,7 @@ def test_tiny_run_writes_json_csv_and_passes_torch_check(tmp_path):
       "johnson/inference", 32, 1, "images/s")
   assert row["torch_check"]["ok"] and row["torch_check"]["max_err"] <= row["torch_check"]["tolerance"]
   jax_row = row["jax"]
-  for key in ("throughput", "seconds", "ms_per_image", "compile_seconds", "flops",
+  for key in ("throughput", "seconds", "ms_per_image", "compile_seconds", "flops", "xla_flops",
               "flops_per_second", "xla_bytes"):
     assert jax_row[key] is not None and jax_row[key] > 0, key
   assert jax_row["throughput"] == pytest.approx(1.0 / jax_row["seconds"])
@@ -44,6 +44,18 @@ def test_tiny_run_writes_json_csv_and_passes_torch_check(tmp_path):
   assert "johnson/inference" in report.format_table(data)
   png = report.plot(data, str(tmp_path / "bench.png"), log=lambda msg: None)
   assert os.path.getsize(png) > 0
+
+
+def test_twins_run_where_jax_runs():
+  expected = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+  assert tm.device().type == expected
+
+
+def test_cpu_only_twins_refuse_beside_a_gpu(monkeypatch):
+  from jaxstyle.benchmark import torch_train  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(tm, "device", lambda: torch.device("cuda"))
+  with pytest.raises(NotImplementedError, match="CPU only"):
+    torch_train.train_twin(None, None, None, 1e-3)
 
 
 def test_twin_that_disagrees_is_not_timed():

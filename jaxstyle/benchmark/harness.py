@@ -11,6 +11,8 @@ from typing import Any, Callable, List, Optional, Sequence
 import jax
 import numpy as np
 
+from jaxstyle.benchmark import flops as flops_lib
+
 # Dense peak FLOP/s per device, for utilisation. Sources: NVIDIA H100/H200 SXM datasheets (dense, no
 # sparsity). CPUs have no entry: utilisation is then left out rather than guessed.
 PEAK_FLOPS = {
@@ -32,7 +34,8 @@ class Timing:
   stdev: float
   repeats: int
   compile_seconds: Optional[float] = None
-  flops: Optional[float] = None          # per call, from XLA's cost analysis
+  flops: Optional[float] = None          # per call: model FLOPs counted from the jaxpr (flops.py)
+  xla_flops: Optional[float] = None      # per call, from XLA's cost analysis of the executable
   peak_bytes: Optional[int] = None       # device peak memory, where the backend reports it
   xla_bytes: Optional[int] = None        # arguments + outputs + temporaries of the executable
   mean: Optional[float] = None
@@ -110,9 +113,11 @@ class JaxBench:
   def __init__(self, fn: Callable, args: Sequence[Any], *, donate_argnums=(), carry: bool = False):
     jitted = jax.jit(fn, donate_argnums=donate_argnums)
     t0 = time.perf_counter()
-    self.compiled = jitted.lower(*args).compile()
+    traced = jitted.trace(*args)
+    self.compiled = traced.lower().compile()
     self.compile_seconds = time.perf_counter() - t0
-    self.flops = _flops(self.compiled)
+    self.flops = flops_lib.count_jaxpr(traced.jaxpr) or None
+    self.xla_flops = _flops(self.compiled)
     self.xla_bytes = _xla_bytes(self.compiled)
     self.carry = carry
     self.args = list(args)
@@ -133,7 +138,8 @@ class JaxBench:
 
   def timing(self) -> Timing:
     return Timing.from_times(self.times, compile_seconds=self.compile_seconds, flops=self.flops,
-                             peak_bytes=_peak_bytes(), xla_bytes=self.xla_bytes)
+                             xla_flops=self.xla_flops, peak_bytes=_peak_bytes(),
+                             xla_bytes=self.xla_bytes)
 
 
 class TorchBench:

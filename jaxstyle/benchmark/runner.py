@@ -174,7 +174,7 @@ def run_case(case: Case, config: BenchmarkConfig, size: int, log: Callable[[str]
 
   t = bench.timing()
   jax_row = _timing_dict(t, case)
-  jax_row.update(compile_seconds=t.compile_seconds, flops=t.flops,
+  jax_row.update(compile_seconds=t.compile_seconds, flops=t.flops, xla_flops=t.xla_flops,
                  flops_per_second=t.flops_per_second, peak_bytes=t.peak_bytes,
                  xla_bytes=t.xla_bytes)
   if case.kind == "inference":

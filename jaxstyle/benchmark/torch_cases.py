@@ -26,12 +26,13 @@ def dtype_name(dtype) -> str:
 
 def _inference_twin(module: torch.nn.Module, inputs: Sequence[torch.Tensor], dtype) -> TorchTwin:
   """Twin of a feed-forward case: `module(*inputs)` NCHW under no_grad vs the JAX NHWC output."""
-  tdtype = _torch_dtype(dtype)
-  module = module.eval().to(tdtype)
+  tdtype, device = _torch_dtype(dtype), tm.device()
+  module = module.eval().to(device=device, dtype=tdtype)
   for p in module.parameters():
     p.requires_grad_(False)
   # Integer inputs (style ids) stay integers.
-  inputs = [i.to(tdtype) if i.is_floating_point() else i for i in inputs]
+  inputs = [i.to(device=device, dtype=tdtype) if i.is_floating_point() else i.to(device)
+            for i in inputs]
 
   def make_fn(compiled: bool):
     model = torch.compile(module) if compiled else module
@@ -93,6 +94,7 @@ def magenta_twin(config, loss_net, params, x, style, dtype) -> TorchTwin:
 
 def gatys_twin(objective, args, content, spec: optimize.OptimizerSpec, slack: float) -> TorchTwin:
   """Loss + backward + `torch.optim.Adam` step on z, with x = (1 + 2s) sigmoid(z) - s."""
+  tm.require_cpu("Gatys")
   net_j = args["net"]
   net = tm.VGGFeatures(net_j.depth, net_j.widths, net_j.pooling, net_j.padding,
                        net_j.convention).load(net_j.params)

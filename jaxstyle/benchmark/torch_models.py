@@ -10,6 +10,7 @@ out]` become PyTorch weights `[out, in, kh, kw]`.
 """
 from typing import Dict, Sequence
 
+import jax
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -332,6 +333,19 @@ class AdaINNet(nn.Module):
 def nchw(x) -> torch.Tensor:
   """NHWC array (NumPy/JAX) -> contiguous NCHW float32 tensor."""
   return torch.from_numpy(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2)))
+
+
+def device() -> torch.device:
+  """Where the twins run: CUDA when JAX runs on a GPU too (both sides on one chip), else the CPU."""
+  on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
+  return torch.device("cuda" if on_gpu else "cpu")
+
+
+def require_cpu(what: str):
+  """The optimisation and train-step twins are CPU-only: refuse rather than time CPU vs GPU."""
+  if device().type != "cpu":
+    raise NotImplementedError(f"the PyTorch {what} twin runs on the CPU only; not timed beside "
+                              "a GPU (use --torch=none)")
 
 
 def nhwc(t: torch.Tensor) -> np.ndarray:

@@ -122,7 +122,7 @@ def train_twin(build: Callable[[Any], torch.nn.Module], params0,
                loss_fn: Callable[[torch.nn.Module], torch.Tensor], learning_rate: float,
                lr_factor: Optional[Callable[[int], float]] = None,
                tolerance: float = TOLERANCE) -> TorchTwin:
-  """A one-Adam-step twin of a train step.
+  """A one-Adam-step twin of a train step (CPU only).
 
   Args:
     build: `build(params_tree) -> torch module` with the trained parameters loaded from the tree.
@@ -132,6 +132,7 @@ def train_twin(build: Callable[[Any], torch.nn.Module], params0,
     lr_factor: optional schedule `step -> factor` (optax schedules count from 0, as LambdaLR).
     tolerance: what the worst of the three errors is held to (see MSGNET_TOLERANCE).
   """
+  tm.require_cpu("train-step")
   index, total = param_index(build, params0)
 
   def fresh():
