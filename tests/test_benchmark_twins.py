@@ -100,13 +100,27 @@ def _small_trainer(method):
     config = msgnet.MSGNetConfig(ngf=4, stem_features=8, n_blocks=1,
                                  style_layers=("relu1_2", "relu2_2"), tv_weight=1e-4)
     return msgnet.MSGNetTrainer(config, net), {"style": model_cases.train_images(2, 1, 16)}
+  if method == "stylebank":
+    from jaxstyle.methods import stylebank
+    config = stylebank.StyleBankConfig(width=0.125, content_layers=("relu2_2",),
+                                       style_layers=("relu1_2", "relu2_2"), tv_weight=1e-4,
+                                       style_layer_weights=(1.0, 2.0), normalize_layers=True)
+    styles = [np.asarray(s) for s in model_cases.train_images(2, 2, 16)]
+    return (stylebank.StyleBankTrainer(config, net, styles),
+            {"style_id": jnp.array([1, 0], jnp.int32)})
+  if method == "magenta":
+    from jaxstyle.methods import magenta
+    config = magenta.MagentaConfig(width=0.125, num_residual=1, bottleneck=8,
+                                   predictor_layers=("relu1_2", "relu2_2"),
+                                   content_layers=("relu2_2",), style_layers=("relu1_2", "relu2_2"))
+    return magenta.MagentaTrainer(config, net), {"style": model_cases.train_images(2, 2, 16)}
   from jaxstyle.methods import adain
   config = adain.AdaINConfig(width=0.125, style_layers=("relu1_1", "relu4_1"),
                              style_layer_weights=(1.0, 0.5), lr_decay=0.5)
   return adain.AdaINTrainer(config, net), {"style": model_cases.train_images(2, 2, 16)}
 
 
-@pytest.mark.parametrize("method", ["johnson", "msgnet", "adain"])
+@pytest.mark.parametrize("method", ["johnson", "msgnet", "adain", "stylebank", "magenta"])
 def test_train_twin_matches_one_jax_step(method):
   trainer, extra = _small_trainer(method)
   batch = {"content": model_cases.train_images(0, 2, 16), **extra}

@@ -61,7 +61,13 @@ def _init(trainer, batch_dict):
 
 
 def adam_first_grad(opt_state):
-  """The first step's gradient tree, from Adam's first moment (mu = (1 - b1) g from zero)."""
+  """The first step's gradient tree, from Adam's first moment (mu = (1 - b1) g from zero).
+
+  A dict of optimiser states (one optimiser per parameter group, as StyleBank's) gives the dict
+  of the groups' gradient trees, which flattens in the parameters' order.
+  """
+  if isinstance(opt_state, dict):
+    return {k: adam_first_grad(v) for k, v in opt_state.items()}
   for leaf in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda s: hasattr(s, "mu")):
     if hasattr(leaf, "mu"):
       return jax.tree.map(lambda m: np.asarray(m, np.float64) / 0.1, leaf.mu)
@@ -217,7 +223,8 @@ def stylebank_cases(size, batch, dtype, kinds, width=1.0) -> List[Case]:
     styles = [np.asarray(train_images(2, 1, size)[0])]
     trainer = stylebank.StyleBankTrainer(config, random_vgg16(width), styles, dtype=dtype)
     out.append(train_case("stylebank", trainer, {"content": x, "style_id": ids}, batch,
-                          note="T=2 schedule: lax.cond picks the stylize or auto-encoder branch"))
+                          note="T=2 schedule: lax.cond picks the stylize or auto-encoder branch",
+                          twin=None if dtype else train_twin("stylebank_train_twin")))
   return out
 
 
@@ -248,7 +255,8 @@ def magenta_cases(size, batch, dtype, kinds, width=1.0) -> List[Case]:
                     note="style prediction (VGG) + transformer per image"))
   if "train" in kinds:
     trainer = magenta.MagentaTrainer(config, random_vgg16(width), dtype=dtype)
-    out.append(train_case("magenta", trainer, {"content": x, "style": style}, batch))
+    out.append(train_case("magenta", trainer, {"content": x, "style": style}, batch,
+                          twin=None if dtype else train_twin("magenta_train_twin")))
   return out
 
 

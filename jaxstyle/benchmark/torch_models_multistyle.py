@@ -149,8 +149,10 @@ class MagentaNet(nn.Module):
                                  tm.PadConv(c1, 3, 9)])
 
   def pooled(self, style01):
+    return self.pool(self.vgg(style01, self.layers))
+
+  def pool(self, feats):
     """`log1p` of the predictor layers' spatial means: `[B, sum C]` (model.pooled_features)."""
-    feats = self.vgg(style01, self.layers)
     means = torch.cat([feats[k].mean(dim=(2, 3)) for k in self.layers], dim=1)
     return torch.log1p(means.clamp(min=0.0))
 

@@ -1,4 +1,4 @@
-"""PyTorch twins of the Johnson, MSG-Net and AdaIN train steps, for side-by-side timing.
+"""PyTorch twins of the Johnson, MSG-Net, AdaIN, StyleBank and Magenta train steps, for timing.
 
 One twin call is one optimiser step, as `trainer.train_step` is: forward through the trained
 network, the method's loss through the frozen VGG twin (perceptual loss, or AdaIN's content +
@@ -18,15 +18,17 @@ and reports the worst of the three against one tolerance.
 
 The Flax tree <-> torch parameter correspondence is found by loading a tree of position indices
 through the same `load` code (exact in float32 below 2**24 values), so no per-model name table is
-needed and every parameter is checked to be covered exactly once.
+needed and every trained parameter is checked to be covered exactly once. A frozen network inside
+a twin (Magenta's VGG style predictor features) has `requires_grad=False` and is not trained.
 """
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import jax
 import numpy as np
 import torch
 
 from jaxstyle.benchmark import torch_models as tm
+from jaxstyle.benchmark import torch_models_multistyle as tms
 from jaxstyle.benchmark.case import TorchTwin
 
 TOLERANCE = 1e-3
@@ -35,6 +37,7 @@ TOLERANCE = 1e-3
 # loss to the last digit but on the gradient only to 6.5e-4 max abs / max |g| (1.3e-3 relative L2)
 # at 128 px, so PyTorch cannot be held closer than that either.
 MSGNET_TOLERANCE = 5e-3
+LossFn = Callable[[torch.nn.Module], torch.Tensor]
 _NOISE_FLOOR = 1e-3  # gradient entries below this x max |g| are rounding noise (see the docstring)
 
 
@@ -101,6 +104,11 @@ def perceptual_loss(net, output, content, grams: Mapping[str, torch.Tensor], *, 
 # The generic twin
 
 
+def trained(model: torch.nn.Module) -> List[torch.nn.Parameter]:
+  """The parameters a twin's optimiser updates (frozen sub-networks have requires_grad=False)."""
+  return [p for p in model.parameters() if p.requires_grad]
+
+
 def param_index(build: Callable[[Any], torch.nn.Module], params) -> Tuple[List[np.ndarray], int]:
   """For each parameter of `build(params)`, its values' positions in `model_cases.flat(params)`."""
   leaves, treedef = jax.tree_util.tree_flatten(params)
@@ -111,7 +119,7 @@ def param_index(build: Callable[[Any], torch.nn.Module], params) -> Tuple[List[n
   starts = np.cumsum([0] + sizes[:-1])
   index_tree = treedef.unflatten([np.arange(s, s + n, dtype=np.float32).reshape(np.shape(a))
                                   for s, n, a in zip(starts, sizes, leaves)])
-  index = [p.detach().numpy().astype(np.int64).ravel() for p in build(index_tree).parameters()]
+  index = [p.detach().numpy().astype(np.int64).ravel() for p in trained(build(index_tree))]
   seen = np.sort(np.concatenate(index)) if index else np.zeros(0, np.int64)
   if seen.shape != (total,) or np.any(seen != np.arange(total)):
     raise ValueError("the torch twin does not load every Flax parameter exactly once")
@@ -119,7 +127,7 @@ def param_index(build: Callable[[Any], torch.nn.Module], params) -> Tuple[List[n
 
 
 def train_twin(build: Callable[[Any], torch.nn.Module], params0,
-               loss_fn: Callable[[torch.nn.Module], torch.Tensor], learning_rate: float,
+               loss_fn: Union[LossFn, Sequence[LossFn]], learning_rate: float,
                lr_factor: Optional[Callable[[int], float]] = None,
                tolerance: float = TOLERANCE) -> TorchTwin:
   """A one-Adam-step twin of a train step (CPU only).
@@ -127,7 +135,9 @@ def train_twin(build: Callable[[Any], torch.nn.Module], params0,
   Args:
     build: `build(params_tree) -> torch module` with the trained parameters loaded from the tree.
     params0: the JAX initial parameters.
-    loss_fn: `loss_fn(module) -> scalar loss` of the case's batch.
+    loss_fn: `loss_fn(module) -> scalar loss` of the case's batch, or a cycle of them (step i
+      uses `loss_fn[i % len]`, each compiled apart; StyleBank's T+1 schedule); the check runs the
+      first.
     learning_rate: Adam's base learning rate.
     lr_factor: optional schedule `step -> factor` (optax schedules count from 0, as LambdaLR).
     tolerance: what the worst of the three errors is held to (see MSGNET_TOLERANCE).
@@ -135,19 +145,23 @@ def train_twin(build: Callable[[Any], torch.nn.Module], params0,
   tm.require_cpu("train-step")
   index, total = param_index(build, params0)
 
+  cycle = list(loss_fn) if isinstance(loss_fn, (list, tuple)) else [loss_fn]
+
   def fresh():
     model = build(params0).train()
-    opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    opt = torch.optim.Adam(trained(model), lr=learning_rate)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor) if lr_factor else None
     return model, opt, sched
 
   def make_fn(compiled: bool):
     model, opt, sched = fresh()
-    f = torch.compile(loss_fn) if compiled else loss_fn
+    fns = [torch.compile(f) if compiled else f for f in cycle]
+    step = [0]
 
     def call():
       opt.zero_grad(set_to_none=True)
-      loss = f(model)
+      loss = fns[step[0] % len(fns)](model)
+      step[0] += 1
       loss.backward()
       opt.step()
       if sched is not None:
@@ -157,12 +171,13 @@ def train_twin(build: Callable[[Any], torch.nn.Module], params0,
 
   def check(reference):
     model, opt, _ = fresh()
-    loss = loss_fn(model)
+    loss = cycle[0](model)
     loss.backward()
     opt.step()
     grads, params = np.full(total, np.nan), np.full(total, np.nan)
-    for idx, p in zip(index, model.parameters()):
-      grads[idx] = p.grad.detach().double().numpy().ravel()
+    for idx, p in zip(index, trained(model)):
+      # No gradient at all (e.g. a zero-size parameter) is a zero gradient.
+      grads[idx] = 0.0 if p.grad is None else p.grad.detach().double().numpy().ravel()
       params[idx] = p.detach().double().numpy().ravel()
     g_ref = reference["grads"]
     g_max = max(float(np.max(np.abs(g_ref))), 1e-30)
@@ -178,7 +193,7 @@ def train_twin(build: Callable[[Any], torch.nn.Module], params0,
 
 
 # --------------------------------------------------------------------------------------------------
-# The three trainers
+# The trainers
 
 
 def johnson_train_twin(trainer, state, batch) -> TorchTwin:
@@ -264,3 +279,68 @@ def adain_train_twin(trainer, state, batch) -> TorchTwin:
 
   return train_twin(build, state.params, loss_fn, trainer.learning_rate,
                     lambda step: 1.0 / (1.0 + cfg.lr_decay * step))
+
+
+def stylebank_train_twin(trainer, state, batch) -> TorchTwin:
+  """jaxstyle.methods.stylebank.trainer.train_step: T stylizing steps (E -> K_id -> D, perceptual
+  loss against each sample's style) then one auto-encoder step (E -> D, identity MSE)."""
+  cfg = trainer.config
+  if cfg.upsample != "nearest" or trainer.incremental:
+    raise NotImplementedError("the PyTorch StyleBank twin trains fresh nearest-upsampling models")
+  net = _frozen_vgg(state.frozen["loss_net"])
+  content = tm.nchw(batch["content"])
+  ids = np.asarray(batch["style_id"], np.int64)
+  grams = {k: _t(np.asarray(v)[ids]) for k, v in state.frozen["style_grams"].items()}
+  scales = ({k: _t(np.asarray(v)[ids]) for k, v in state.frozen["style_scales"].items()}
+            if cfg.normalize_layers else None)
+  ids = torch.from_numpy(ids)
+
+  def build(p):
+    return tms.StyleBankNet(cfg.channels(), len(p["banks"]), cfg.bank_layers, cfg.bank_kernel,
+                            cfg.pixel_scale, cfg.output_offset).load(p)
+
+  def stylize_loss(model):
+    return perceptual_loss(
+        net, model(content, ids), content, grams, content_layers=cfg.content_layers,
+        style_layers=cfg.style_layers, content_weight=cfg.content_weight,
+        style_weight=cfg.style_weight, tv_weight=cfg.tv_weight,
+        layer_weights=cfg.style_layer_weights or None, normalize=cfg.gram_normalize,
+        style_scales=scales, normalize_content=cfg.normalize_layers)
+
+  def autoencoder_loss(model):
+    out = model.decode(model.encode(content))
+    return cfg.identity_weight * (out - content).square().mean()
+
+  every = max(1, cfg.lr_decay_every)
+  return train_twin(build, state.params, [stylize_loss] * cfg.stylize_steps + [autoencoder_loss],
+                    trainer.learning_rate, lambda step: cfg.lr_decay ** (step // every))
+
+
+def magenta_train_twin(trainer, state, batch) -> TorchTwin:
+  """jaxstyle.methods.magenta.trainer.loss_fn: one VGG pass over the styles feeds the predictor
+  and the target Grams (H*W-normalised); content + style loss on the stylized batch + Magenta's TV
+  (half the mean squared neighbour differences)."""
+  cfg = trainer.config
+  loss_net = state.frozen["loss_net"]
+  vgg = _frozen_vgg(loss_net)
+  content, style = tm.nchw(batch["content"]), tm.nchw(batch["style"])
+  layers = tuple(dict.fromkeys(tuple(cfg.predictor_layers) + tuple(cfg.style_layers)))
+
+  def build(p):
+    return tms.MagentaNet(vgg, cfg.predictor_layers, cfg.channels(), cfg.num_residual,
+                          cfg.bottleneck).load(p)
+
+  def loss_fn(model):
+    with torch.no_grad():
+      feats = vgg(style, layers)
+      grams = {k: gram(feats[k], "hw") for k in cfg.style_layers}
+    out = model.transform(content, model.predictor(model.pool(feats)))
+    loss = perceptual_loss(
+        vgg, out, content, grams, content_layers=cfg.content_layers,
+        style_layers=cfg.style_layers, content_weight=cfg.content_weight,
+        style_weight=cfg.style_weight, tv_weight=0.0, normalize="hw")
+    tv = (out[:, :, 1:] - out[:, :, :-1]).square().mean() + (
+        out[..., 1:] - out[..., :-1]).square().mean()
+    return loss + cfg.tv_weight * 0.5 * tv
+
+  return train_twin(build, state.params, loss_fn, trainer.learning_rate)
