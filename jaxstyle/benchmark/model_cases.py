@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxstyle import vgg
 from jaxstyle.benchmark.case import Case
+from jaxstyle.train import loop
 
 FEEDFORWARD = ("johnson", "msgnet", "stylebank", "adain", "magenta", "tspr")
 
@@ -53,9 +54,13 @@ def _own_buffers(tree):
 
 def _init(trainer, batch_dict):
   """`trainer.init` as one compiled program: run op by op, every primitive compiles on its own,
-  which costs seconds per case on a CPU. Eager for an init that needs concrete values."""
+  which costs seconds per case on a CPU. Its closed-over arrays (loss-net weights, style images)
+  are passed in as arguments, as the training loop does: baked in, XLA would constant-fold their
+  VGG passes (seconds to minutes). Eager for an init that needs concrete values."""
+  key = jax.random.key(0)
   try:
-    return jax.jit(trainer.init)(jax.random.key(0), batch_dict)
+    treedef = jax.tree_util.tree_structure(jax.eval_shape(trainer.init, key, batch_dict))
+    return jax.tree_util.tree_unflatten(treedef, loop.init_leaves(trainer.init, key, batch_dict))
   except (jax.errors.JAXTypeError, jax.errors.JAXIndexError):
     return trainer.init(jax.random.key(0), batch_dict)
 

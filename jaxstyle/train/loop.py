@@ -115,7 +115,7 @@ def train(trainer: Any, dataset: Any, request: Any, *, hooks: Optional[Sequence[
       close()
 
 
-def _init_leaves(init, key, batch, out_shardings):
+def init_leaves(init, key, batch, out_shardings=None):
   """`jit(init)` returning the state's leaves, with closed-over arrays passed as arguments.
 
   Trainers' `init` often closes over big constants (loss-network weights, a style image whose
@@ -152,7 +152,7 @@ def _run(trainer, dataset, request, mesh, manager, writer, hooks, stop) -> Train
     # Leaves only: `init` builds a new optax `tx` (a static field) on every call, so the state's
     # structure is pinned to the abstract one and reused by the step, restore and saves.
     treedef = jax.tree_util.tree_structure(abstract)
-    leaves = _init_leaves(init, init_key, batch0, jax.tree_util.tree_leaves(state_sh))
+    leaves = init_leaves(init, init_key, batch0, jax.tree_util.tree_leaves(state_sh))
     state = jax.tree_util.tree_unflatten(treedef, leaves)
   if restored is not None:
     # `frozen` is not checkpointed: it comes from the fresh init.
