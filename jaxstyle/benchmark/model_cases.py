@@ -228,7 +228,8 @@ def stylebank_cases(size, batch, dtype, kinds, width=1.0) -> List[Case]:
     styles = [np.asarray(train_images(2, 1, size)[0])]
     trainer = stylebank.StyleBankTrainer(config, random_vgg16(width), styles, dtype=dtype)
     out.append(train_case("stylebank", trainer, {"content": x, "style_id": ids}, batch,
-                          note="T=2 schedule: lax.cond picks the stylize or auto-encoder branch",
+                          note="T=2 schedule: stylize or auto-encoder step (a select on CPU, "
+                          "lax.cond elsewhere; stylebank.trainer.train_step)",
                           twin=None if dtype else train_twin("stylebank_train_twin")))
   return out
 

@@ -88,7 +88,8 @@ def cond_train_step(state: TrainState, batch, rng, *, net: StyleBankNet):
   `lax.cond` runs only the branch due. Used off CPU; see `merged_train_step` for why not on CPU.
   """
   del rng
-  return jax.lax.cond(_is_autoencoder_step(state, net), functools.partial(autoencoder_step, net=net),
+  return jax.lax.cond(_is_autoencoder_step(state, net),
+                      functools.partial(autoencoder_step, net=net),
                       functools.partial(stylize_step, net=net), state, batch)
 
 
