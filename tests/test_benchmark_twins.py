@@ -137,6 +137,9 @@ def test_train_twin_matches_one_jax_step(method):
   for key, value in (("loss", 1.01 * reference["loss"]), ("grads", 1.01 * reference["grads"]),
                      ("params", bad_params)):
     assert twin.check(dict(reference, **{key: value}))[0] > tol, key
+  if method == "stylebank":  # torch.compile crashed torch 2.13 here: the twin refuses that mode
+    with pytest.raises(NotImplementedError, match="crashed"):
+      twin.make_fn(True)
   # Timed calls are consecutive Adam steps (AdaIN's with the decaying rate): the loss falls.
   call = twin.make_fn(False)
   losses = [float(call()) for _ in range(4)]

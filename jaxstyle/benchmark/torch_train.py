@@ -38,6 +38,10 @@ TOLERANCE = 1e-3
 # at 128 px, so PyTorch cannot be held closer than that either.
 MSGNET_TOLERANCE = 5e-3
 LossFn = Callable[[torch.nn.Module], torch.Tensor]
+# torch 2.13 (CPU) aborted the whole process ("double free or corruption") inside the inductor-
+# compiled backward of the StyleBank twin at 128 px, full width: a native crash no try can catch.
+COMPILE_CRASH = ("torch.compile of the StyleBank train twin crashed the process (double free in "
+                 "its compiled backward, torch 2.13 CPU): not run")
 _NOISE_FLOOR = 1e-3  # gradient entries below this x max |g| are rounding noise (see the docstring)
 
 
@@ -129,7 +133,7 @@ def param_index(build: Callable[[Any], torch.nn.Module], params) -> Tuple[List[n
 def train_twin(build: Callable[[Any], torch.nn.Module], params0,
                loss_fn: Union[LossFn, Sequence[LossFn]], learning_rate: float,
                lr_factor: Optional[Callable[[int], float]] = None,
-               tolerance: float = TOLERANCE) -> TorchTwin:
+               tolerance: float = TOLERANCE, no_compile: Optional[str] = None) -> TorchTwin:
   """A one-Adam-step twin of a train step (CPU only).
 
   Args:
@@ -141,6 +145,7 @@ def train_twin(build: Callable[[Any], torch.nn.Module], params0,
     learning_rate: Adam's base learning rate.
     lr_factor: optional schedule `step -> factor` (optax schedules count from 0, as LambdaLR).
     tolerance: what the worst of the three errors is held to (see MSGNET_TOLERANCE).
+    no_compile: why the torch.compile mode must not run (it is then reported, not timed).
   """
   tm.require_cpu("train-step")
   index, total = param_index(build, params0)
@@ -154,6 +159,8 @@ def train_twin(build: Callable[[Any], torch.nn.Module], params0,
     return model, opt, sched
 
   def make_fn(compiled: bool):
+    if compiled and no_compile:
+      raise NotImplementedError(no_compile)
     model, opt, sched = fresh()
     fns = [torch.compile(f) if compiled else f for f in cycle]
     step = [0]
@@ -313,7 +320,8 @@ def stylebank_train_twin(trainer, state, batch) -> TorchTwin:
 
   every = max(1, cfg.lr_decay_every)
   return train_twin(build, state.params, [stylize_loss] * cfg.stylize_steps + [autoencoder_loss],
-                    trainer.learning_rate, lambda step: cfg.lr_decay ** (step // every))
+                    trainer.learning_rate, lambda step: cfg.lr_decay ** (step // every),
+                    no_compile=COMPILE_CRASH)
 
 
 def magenta_train_twin(trainer, state, batch) -> TorchTwin:
