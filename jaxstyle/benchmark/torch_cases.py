@@ -122,10 +122,7 @@ def gatys_twin(objective, args, content, spec: optimize.OptimizerSpec, slack: fl
         term = (g - grams_t[layer][s]).square().mean() / style_div(layer, s)
         loss = loss + objective.style_weight * w * blend[s] * term
     if objective.tv_weight:
-      # jaxstyle.losses.total_variation(x, 'l2', 'mean').
-      dy = (x[:, :, 1:, :] - x[:, :, :-1, :]).square().mean()
-      dx = (x[:, :, :, 1:] - x[:, :, :, :-1]).square().mean()
-      loss = loss + objective.tv_weight * (dy + dx)
+      loss = loss + objective.tv_weight * tm.total_variation_mean(x)
     return loss
 
   z0 = tm.nchw(np.asarray(optimize.from_image(content, slack))[None])

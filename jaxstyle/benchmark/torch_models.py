@@ -348,5 +348,12 @@ def require_cpu(what: str):
                               "a GPU (use --torch=none)")
 
 
+def total_variation_mean(x: torch.Tensor) -> torch.Tensor:
+  """jaxstyle.losses.total_variation(x, 'l2', 'mean') for NCHW: mean squared neighbour
+  differences down plus across."""
+  return ((x[:, :, 1:] - x[:, :, :-1]).square().mean()
+          + (x[..., 1:] - x[..., :-1]).square().mean())
+
+
 def nhwc(t: torch.Tensor) -> np.ndarray:
   return t.detach().float().permute(0, 2, 3, 1).cpu().numpy()

@@ -329,8 +329,7 @@ def magenta_train_twin(trainer, state, batch) -> TorchTwin:
   and the target Grams (H*W-normalised); content + style loss on the stylized batch + Magenta's TV
   (half the mean squared neighbour differences)."""
   cfg = trainer.config
-  loss_net = state.frozen["loss_net"]
-  vgg = _frozen_vgg(loss_net)
+  vgg = _frozen_vgg(state.frozen["loss_net"])
   content, style = tm.nchw(batch["content"]), tm.nchw(batch["style"])
   layers = tuple(dict.fromkeys(tuple(cfg.predictor_layers) + tuple(cfg.style_layers)))
 
@@ -347,8 +346,6 @@ def magenta_train_twin(trainer, state, batch) -> TorchTwin:
         vgg, out, content, grams, content_layers=cfg.content_layers,
         style_layers=cfg.style_layers, content_weight=cfg.content_weight,
         style_weight=cfg.style_weight, tv_weight=0.0, normalize="hw")
-    tv = (out[:, :, 1:] - out[:, :, :-1]).square().mean() + (
-        out[..., 1:] - out[..., :-1]).square().mean()
-    return loss + cfg.tv_weight * 0.5 * tv
+    return loss + cfg.tv_weight * 0.5 * tm.total_variation_mean(out)
 
   return train_twin(build, state.params, loss_fn, trainer.learning_rate)
