@@ -130,7 +130,10 @@ def _conv3x3(x: jax.Array, features: int, padding: str, dtype, name: str,
   """One size-keeping 3x3 convolution, an `nn.Conv` named `name` (see `jaxstyle.nn.conv` for the
   CPU paths: Winograd for wide layers, padded instead of VALID convolutions)."""
   if winograd.applies(x.shape[-1], features, 3, 1, dtype):
-    return conv.winograd_conv(conv.pad_spatial(x, 1, padding), features, name=name, dtype=dtype,
+    if padding == "zero":
+      return conv.winograd_conv(x, features, name=name, dtype=dtype, transformed=transformed,
+                                zero_pad=True)
+    return conv.winograd_conv(conv.reflect_pad(x, 1), features, name=name, dtype=dtype,
                               transformed=transformed)
   if padding == "zero":
     return nn.Conv(features, (3, 3), padding="SAME", dtype=dtype, name=name)(x)

@@ -44,6 +44,10 @@ _WIDTH = flags.DEFINE_float("width", 1.0, "Channel multiplier of the feed-forwar
                             "VGG16 loss net (1 = default architectures; smaller for smoke tests).")
 _OUTPUT = flags.DEFINE_string("output", "out/benchmark.json", "JSON report (a .csv goes beside it).")
 _PLOT = flags.DEFINE_string("plot", None, "PNG chart of throughput vs resolution (optional).")
+_PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir", None, "Trace --profile_calls more JAX calls of every case with jax.profiler "
+    "into this directory (after timing) and log/report the operations that took the time.")
+_PROFILE_CALLS = flags.DEFINE_integer("profile_calls", 3, "Calls traced per case (--profile_dir).")
 
 
 def _ints(name, values):
@@ -62,7 +66,8 @@ def build_config() -> runner.BenchmarkConfig:
       batch_sizes=_ints("batch_sizes", _BATCH_SIZES.value), dtype=_DTYPE.value,
       repeats=_REPEATS.value, warmup=_WARMUP.value, rounds=_ROUNDS.value, torch_modes=torch_modes,
       kinds=tuple(_KINDS.value), optimizers=tuple(_OPTIMIZERS.value),
-      cases=tuple(_CASES.value), width=_WIDTH.value).validate()
+      cases=tuple(_CASES.value), width=_WIDTH.value, profile_dir=_PROFILE_DIR.value,
+      profile_calls=_PROFILE_CALLS.value).validate()
 
 
 def main(argv):

@@ -7,9 +7,16 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from jaxstyle import hostmem
 from jaxstyle.errors import ConfigError, JaxstyleError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+_RETAIN_HOST_MEMORY = flags.DEFINE_bool(
+    "retain_host_memory", True,
+    "Keep freed host memory for reuse (glibc only): XLA:CPU's per-call temporaries otherwise come "
+    "from fresh zero-filled pages every call (up to a sixth of a CPU Gatys iteration). The "
+    "process's resident size then stays at its peak.")
 
 
 def fail(message: str, code: int = 2):
@@ -56,6 +63,8 @@ def run(main):
 
   def guarded(argv):
     quiet_logging()
+    if _RETAIN_HOST_MEMORY.value:
+      hostmem.retain_freed_memory()
     try:
       return main(argv)
     except JaxstyleError as e:

@@ -37,6 +37,9 @@ def test_tiny_run_writes_json_csv_and_passes_torch_check(tmp_path):
               "flops_per_second", "xla_bytes"):
     assert jax_row[key] is not None and jax_row[key] > 0, key
   assert jax_row["throughput"] == pytest.approx(1.0 / jax_row["seconds"])
+  for side in (jax_row, row["torch_eager"]):  # host cost of the timed calls (Linux: getrusage)
+    assert side["page_faults_per_call"] >= 0 and side["system_seconds_per_call"] >= 0
+  assert env["retain_host_memory"] in (True, False)
   assert row["ratio_eager"] == pytest.approx(row["torch_eager"]["seconds"] / jax_row["seconds"])
   with open(paths[1]) as f:
     header = f.readline().strip().split(",")
@@ -90,6 +93,29 @@ def test_msgnet_twin_matches_flax():
   with torch.no_grad():
     got = tm.nhwc(net(tm.nchw(x), torch.from_numpy(np.array(gram))))
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+def test_profile_dir_traces_and_summarises_each_case(tmp_path):
+  config = runner.BenchmarkConfig(methods=("johnson",), resolutions=(32,), batch_sizes=(1,),
+                                  repeats=1, warmup=0, rounds=1, torch_modes=(),
+                                  kinds=("inference",), width=0.25,
+                                  profile_dir=str(tmp_path / "prof"), profile_calls=2)
+  logs = []
+  result = runner.run(config, log=logs.append)
+  (row,) = result["results"]
+  prof = row["profile"]
+  assert os.path.isfile(prof["trace"]) and prof["trace"].startswith(str(tmp_path / "prof"))
+  assert prof["total_ms"] > 0 and prof["ops"] and prof["kinds"]
+  # Operations, not the runtime around them; times per call, largest first.
+  names = [name for name, _, _ in prof["ops"]]
+  assert not any(n.startswith("$") or "Thunk" in n for n in names), names
+  assert [ms for _, ms, _ in prof["ops"]] == sorted((ms for _, ms, _ in prof["ops"]), reverse=True)
+  assert sum(ms for _, ms in prof["kinds"]) <= prof["total_ms"] + 1e-6
+  assert any("traced ops" in line for line in logs)
+  paths = report.write(result, str(tmp_path / "bench.json"))
+  with open(paths[1]) as f:
+    header = f.readline().strip().split(",")
+  assert "profile_total_ms" in header and "profile_ops" not in header
 
 
 def test_adain_twin_matches_flax():

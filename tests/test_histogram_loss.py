@@ -175,3 +175,27 @@ def test_adam_steps_decrease_histogram_loss(rng, method):
     x, state, val = step(x, state, tgt, method)
     vals.append(float(val))
   assert np.isfinite(vals).all() and vals[-1] < 0.3 * vals[0]
+
+
+def test_cpu_host_sort_ranks_equal_xla_sort(rng, monkeypatch):  # pylint: disable=protected-access
+  # The CPU path ranks by NumPy in a host callback; other backends by XLA's stable argsort.
+  x = np.maximum(rng.standard_normal((2, 5, 300)), 0).astype(np.float32)  # many tied zeros
+  x[0, 0, :4] = -0.0
+  x[1, 2, 50:80] = 1.5
+  valid = np.ones((2, 1, 300), bool)
+  valid[1, :, :40] = False
+  valid = jnp.broadcast_to(jnp.asarray(valid), x.shape)
+  host = jax.jit(H._ranks)(jnp.asarray(x), valid)
+  vmapped = jax.jit(jax.vmap(H._ranks))(jnp.asarray(x), valid)
+  assert "callback" in str(jax.make_jaxpr(H._ranks)(x, valid))
+  with monkeypatch.context() as m:
+    m.setattr(jax, "default_backend", lambda: "gpu")
+    jax.clear_caches()
+    try:
+      assert "callback" not in str(jax.make_jaxpr(H._ranks)(x, valid))
+      xla = jax.jit(H._ranks)(jnp.asarray(x), valid)
+    finally:
+      jax.clear_caches()  # later tests must not reuse the traces of the patched backend
+  np.testing.assert_array_equal(host, xla)
+  np.testing.assert_array_equal(vmapped, xla)
+  assert sorted(np.asarray(host)[0, 0].tolist()) == list(range(300))

@@ -67,6 +67,24 @@ def test_frozen_transforms_match_and_give_no_weight_gradient(rng, separate, monk
   assert all(float(jnp.abs(t).max()) == 0 for t in jax.tree.leaves(got_dt))
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 7, 64), (1, 5, 6, 128), (1, 16, 16, 32)])
+def test_frozen_zero_pad_is_same_convolution_with_its_input_gradient(rng, shape):
+  # The zero-padded path computes the input gradient at the input's size only (no border tiles).
+  x = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+  kernel = jnp.asarray(rng.normal(size=(3, 3, shape[-1], 48)).astype(np.float32))
+  transformed = winograd.transform_frozen(kernel)
+  g = jnp.asarray(rng.normal(size=shape[:3] + (48,)).astype(np.float32))
+  same = lambda x: jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  want, want_dx = jax.value_and_grad(lambda x: jnp.sum(same(x) * g))(x)
+  got, (got_dx, got_dt) = jax.jit(jax.value_and_grad(
+      lambda x, t: jnp.sum(winograd.conv3x3_frozen(x, t, zero_pad=True) * g),
+      argnums=(0, 1)))(x, transformed)
+  assert abs(float(got) - float(want)) < 1e-5 * float(jnp.sum(jnp.abs(same(x) * g)))
+  assert got_dx.shape == x.shape and _rel(got_dx, want_dx) < 1e-5
+  assert all(float(jnp.abs(t).max()) == 0 for t in jax.tree.leaves(got_dt))
+
+
 def test_applies_only_to_wide_float32_3x3_stride1_on_cpu():
   assert winograd.applies(128, 128, 3, 1) == (jax.default_backend() == "cpu")
   assert winograd.applies(64, 128, 3, 1, jnp.float32) == (jax.default_backend() == "cpu")

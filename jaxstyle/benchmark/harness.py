@@ -39,6 +39,10 @@ class Timing:
   peak_bytes: Optional[int] = None       # device peak memory, where the backend reports it
   xla_bytes: Optional[int] = None        # arguments + outputs + temporaries of the executable
   mean: Optional[float] = None
+  # Whole process, per timed call (getrusage; None where unavailable): page faults that found no
+  # page (the kernel zero-fills one) and kernel time, the cost of fresh host memory every call.
+  page_faults: Optional[float] = None
+  system_seconds: Optional[float] = None
 
   @property
   def flops_per_second(self) -> Optional[float]:
@@ -91,14 +95,40 @@ def _xla_bytes(compiled) -> Optional[int]:
   return int(sum(v or 0 for v in sizes[:3]) - (sizes[3] or 0))
 
 
+def _rusage():
+  try:
+    import resource  # pylint: disable=g-import-not-at-top  # Unix only
+  except ImportError:
+    return None
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return np.array([r.ru_minflt, r.ru_stime])
+
+
+class _HostCost:
+  """Page faults and system seconds summed over timed calls (see `Timing.page_faults`)."""
+
+  def __init__(self):
+    self.total, self.calls = np.zeros(2), 0
+
+  def per_call(self):
+    if not self.calls or _rusage() is None:
+      return {}
+    faults, system = self.total / self.calls
+    return {"page_faults": float(faults), "system_seconds": float(system)}
+
+
 def _timed_loop(call: Callable[[], Any], sync: Callable[[Any], Any], repeats: int,
-                min_seconds: float) -> List[float]:
+                min_seconds: float, host: Optional[_HostCost] = None) -> List[float]:
   times = []
+  before = _rusage()
   start_all = time.perf_counter()
   while len(times) < repeats or (time.perf_counter() - start_all < min_seconds and len(times) < 1000):
     t0 = time.perf_counter()
     sync(call())
     times.append(time.perf_counter() - t0)
+  if host is not None and before is not None:
+    host.total += _rusage() - before
+    host.calls += len(times)
   return times
 
 
@@ -122,6 +152,7 @@ class JaxBench:
     self.carry = carry
     self.args = list(args)
     self.times: List[float] = []
+    self.host = _HostCost()
 
   def call(self):
     out = self.compiled(*self.args)
@@ -132,14 +163,14 @@ class JaxBench:
   def run(self, repeats: int, warmup: int = 0, min_seconds: float = 0.0) -> List[float]:
     for _ in range(warmup):
       jax.block_until_ready(self.call())
-    times = _timed_loop(self.call, jax.block_until_ready, repeats, min_seconds)
+    times = _timed_loop(self.call, jax.block_until_ready, repeats, min_seconds, self.host)
     self.times += times
     return times
 
   def timing(self) -> Timing:
     return Timing.from_times(self.times, compile_seconds=self.compile_seconds, flops=self.flops,
                              xla_flops=self.xla_flops, peak_bytes=_peak_bytes(),
-                             xla_bytes=self.xla_bytes)
+                             xla_bytes=self.xla_bytes, **self.host.per_call())
 
 
 class TorchBench:
@@ -151,6 +182,7 @@ class TorchBench:
     self.fn = fn
     self.first_seconds: Optional[float] = None
     self.times: List[float] = []
+    self.host = _HostCost()
 
   def _sync(self, out):
     if self._torch.cuda.is_available():
@@ -164,14 +196,15 @@ class TorchBench:
       self.first_seconds = time.perf_counter() - t0
     for _ in range(warmup):
       self._sync(self.fn())
-    times = _timed_loop(self.fn, self._sync, repeats, min_seconds)
+    times = _timed_loop(self.fn, self._sync, repeats, min_seconds, self.host)
     self.times += times
     return times
 
   def timing(self) -> Timing:
     torch = self._torch
     peak = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
-    return Timing.from_times(self.times, compile_seconds=self.first_seconds, peak_bytes=peak)
+    return Timing.from_times(self.times, compile_seconds=self.first_seconds, peak_bytes=peak,
+                             **self.host.per_call())
 
 
 def time_jax(fn: Callable, args: Sequence[Any], *, repeats: int = 10, warmup: int = 2,

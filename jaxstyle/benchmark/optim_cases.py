@@ -66,14 +66,19 @@ def adam_grad(opt_state):
   raise ValueError("no Adam state found")
 
 
-def _gatys_twin(objective, args, content, spec, slack):
-  """The PyTorch twin of an Adam Gatys iteration, built only when the benchmark asks for it."""
+def _optim_twin(objective, args, content, spec, slack, what):
+  """The PyTorch twin of an Adam iteration, built only when the benchmark asks for it."""
 
   def twin():
     from jaxstyle.benchmark import torch_cases  # pylint: disable=g-import-not-at-top
-    return torch_cases.gatys_twin(objective, args, content, spec, slack)
+    return torch_cases.optim_twin(objective, args, content, spec, slack, what)
 
   return twin
+
+
+def _adam_reference(outputs):
+  """(loss, first gradient) of one iteration, which the twins reproduce."""
+  return float(outputs[1]), adam_grad(outputs[0][1])
 
 
 def gatys_cases(size, dtype, optimizers) -> List[Case]:
@@ -94,11 +99,11 @@ def gatys_cases(size, dtype, optimizers) -> List[Case]:
   for name in optimizers:
     spec = optimize.make_optimizer(name)
     carry = lambda spec=spec: init_carry(content, spec, config.slack)
-    twin = _gatys_twin(objective, args, content, spec, config.slack) if name == "adam" else None
+    twin = (_optim_twin(objective, args, content, spec, config.slack, "Gatys")
+            if name == "adam" else None)
     out.append(Case(
         "gatys", "optim", name, _step_fn(objective, spec, config.slack), (carry(), args), 1,
-        donate_argnums=(0,), carry=True,
-        reference=(lambda o: (float(o[1]), adam_grad(o[0][1]))) if name == "adam" else None,
+        donate_argnums=(0,), carry=True, reference=_adam_reference if name == "adam" else None,
         fresh_args=lambda carry=carry: (carry(), args), torch=twin,
         note=f"VGG16 to relu5_1, {size}x{size} image, init = content"))
   return out
@@ -139,7 +144,11 @@ def histogram_cases(size, dtype, optimizers) -> List[Case]:
   for name in optimizers:
     spec = optimize.make_optimizer(name)
     carry = lambda spec=spec: init_carry(content, spec, config.slack)
+    twin = (_optim_twin(objective, args, content, spec, config.slack, "histogram")
+            if name == "adam" else None)
     out.append(Case("histogram", "optim", name, _step_fn(objective, spec, config.slack),
                     (carry(), args), 1, donate_argnums=(0,), carry=True,
+                    reference=_adam_reference if name == "adam" else None,
+                    fresh_args=lambda carry=carry: (carry(), args), torch=twin,
                     note=f"one pyramid level at {size}x{size}, sort-based histogram matching"))
   return out

@@ -46,7 +46,8 @@ def format_table(report: dict) -> str:
   lines.append("")
   lines.append(f"device: {env['device']} ({env['platform']}), jax {env['jax']}, torch "
                f"{env['torch'] or 'not used'}; XLA CPU threads {env['cpu_threads']}, "
-               f"torch.set_num_threads({env['torch_threads']})")
+               f"torch.set_num_threads({env['torch_threads']}); freed host memory "
+               f"{'retained' if env.get('retain_host_memory') else 'returned'} (both sides)")
   if "load_average" in env:
     lines.append(f"load average at start {env['load_average'][0]:.1f}, at end "
                  f"{env.get('load_average_end', [float('nan')])[0]:.1f}")
@@ -67,6 +68,8 @@ def _flatten(d: dict, prefix: str = "") -> Dict[str, object]:
     key = f"{prefix}{k}"
     if isinstance(v, dict):
       out.update(_flatten(v, key + "_"))
+    elif isinstance(v, list) and v and isinstance(v[0], list):
+      continue  # tables (a profile's top operations) stay in the JSON
     else:
       out[key] = v
   return out

@@ -17,9 +17,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxstyle import api
+from jaxstyle import hostmem
 from jaxstyle.benchmark import harness
 from jaxstyle.benchmark import model_cases
 from jaxstyle.benchmark import optim_cases
+from jaxstyle.benchmark import profile
 from jaxstyle.benchmark.case import KINDS, UNITS, Case
 from jaxstyle.errors import ConfigError
 
@@ -45,6 +47,9 @@ class BenchmarkConfig:
     cases: only these cases, by name ('johnson/train', 'gatys/optim/adam', ...); empty = all.
     width: channel multiplier of the feed-forward networks and their VGG16 loss network (1 = the
       methods' default architectures; smaller only for smoke tests).
+    profile_dir: if set, trace `profile_calls` more JAX calls of every case there (after timing)
+      and add a per-operation summary to its row (`profile.summarize`).
+    profile_calls: calls per profiled case.
   """
   methods: Sequence[str] = tuple(api.METHODS)
   resolutions: Sequence[int] = (256,)
@@ -58,6 +63,8 @@ class BenchmarkConfig:
   optimizers: Sequence[str] = optim_cases.OPTIMIZERS
   cases: Sequence[str] = ()
   width: float = 1.0
+  profile_dir: Optional[str] = None
+  profile_calls: int = 3
 
   def validate(self) -> "BenchmarkConfig":
     for m in self.methods:
@@ -80,8 +87,8 @@ class BenchmarkConfig:
                           f"got {name!r}")
     if not self.width > 0:
       raise ConfigError(f"--width must be positive, got {self.width}")
-    if self.repeats < 1 or self.warmup < 0 or self.rounds < 1:
-      raise ConfigError("--repeats and --rounds must be >= 1 and --warmup >= 0")
+    if self.repeats < 1 or self.warmup < 0 or self.rounds < 1 or self.profile_calls < 1:
+      raise ConfigError("--repeats, --rounds and --profile_calls must be >= 1 and --warmup >= 0")
     for mode in self.torch_modes:
       if mode not in TORCH_MODES:
         raise ConfigError(f"--torch takes eager,compile or none, got {mode!r}")
@@ -115,7 +122,8 @@ def _first_line(e: BaseException) -> str:
 
 def _timing_dict(t: harness.Timing, case: Case) -> dict:
   return {"throughput": case.throughput(t.seconds), "seconds": t.seconds, "mean_seconds": t.mean,
-          "stdev_seconds": t.stdev, "calls": t.repeats, "first_call_seconds": t.compile_seconds}
+          "stdev_seconds": t.stdev, "calls": t.repeats, "first_call_seconds": t.compile_seconds,
+          "page_faults_per_call": t.page_faults, "system_seconds_per_call": t.system_seconds}
 
 
 def _torch_benches(case: Case, twin, reference, row: dict, modes) -> Dict[str, harness.TorchBench]:
@@ -189,7 +197,23 @@ def run_case(case: Case, config: BenchmarkConfig, size: int, log: Callable[[str]
     row[f"torch_{mode}"] = _timing_dict(tt, case)
     row[f"ratio_{mode}"] = tt.seconds / t.seconds
   log(f"{case.name} {size}px batch {case.batch}: {jax_row['throughput']:.3g} {row['unit']}")
+  if config.profile_dir:
+    _profile(bench, case, config, size, row, log)
   return row
+
+
+def _profile(bench: harness.JaxBench, case: Case, config: BenchmarkConfig, size: int, row: dict,
+             log: Callable[[str], None]):
+  name = f"{case.name.replace('/', '_')}_{size}px_b{case.batch}_{row['dtype']}"
+  try:
+    path = profile.trace(bench.call, jax.block_until_ready,
+                         os.path.join(config.profile_dir, name), config.profile_calls)
+    summary = profile.summarize(path, config.profile_calls)
+  except Exception as e:  # pylint: disable=broad-except  # a profile is extra: keep the timings
+    row["profile"] = {"error": _first_line(e)}
+    return
+  row["profile"] = dict(summary, trace=path)
+  log(profile.format_summary(case.name, summary))
 
 
 def environment(config: BenchmarkConfig, torch_threads: Optional[int]) -> dict:
@@ -198,7 +222,8 @@ def environment(config: BenchmarkConfig, torch_threads: Optional[int]) -> dict:
          "device": dev.device_kind, "num_devices": jax.device_count(),
          "machine": platform.machine(), "cpu_threads": harness.cpu_threads(),
          "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch": None,
-         "torch_threads": torch_threads, "config": dataclasses.asdict(config)}
+         "torch_threads": torch_threads, "retain_host_memory": hostmem.retained(),
+         "config": dataclasses.asdict(config)}
   if hasattr(os, "getloadavg"):
     env["load_average"] = list(os.getloadavg())
   if config.torch_modes:

@@ -89,12 +89,39 @@ def magenta_twin(config, loss_net, params, x, style, dtype) -> TorchTwin:
 
 
 # --------------------------------------------------------------------------------------------------
-# Gatys: one Adam iteration on the image
+# Gatys and histogram losses: one Adam iteration on the image
 
 
-def gatys_twin(objective, args, content, spec: optimize.OptimizerSpec, slack: float) -> TorchTwin:
-  """Loss + backward + `torch.optim.Adam` step on z, with x = (1 + 2s) sigmoid(z) - s."""
-  tm.require_cpu("Gatys")
+def histogram_match_sorted(f: torch.Tensor, sorted_values: torch.Tensor,
+                           count: float) -> torch.Tensor:
+  """jaxstyle.losses.histogram_match(method='sort') without masks, for NCHW `f` `[1, C, H, W]`.
+
+  Each channel's value of rank r among n pixels gets the target's quantile at r / (n - 1),
+  interpolated between `sorted_values` `[1, C, M]` (the first `count` entries are the target's).
+  """
+  x = f.detach().flatten(2)
+  n = x.shape[-1]
+  order = torch.argsort(x, dim=-1, stable=True)
+  ranks = torch.empty_like(order).scatter_(
+      -1, order, torch.arange(n, device=x.device).expand_as(order)).to(torch.float32)
+  ratio = (count - 1) / max(n - 1, 1) if n > 1 else 0.0
+  pos = ranks * torch.tensor(ratio, dtype=torch.float32)
+  last = max(int(count) - 1, 0)
+  lo = torch.floor(pos).long().clamp(max=last)
+  hi = (lo + 1).clamp(max=last)
+  frac = pos - lo.to(torch.float32)
+  t_lo, t_hi = sorted_values.gather(-1, lo), sorted_values.gather(-1, hi)
+  return (t_lo + frac * (t_hi - t_lo)).view_as(f)
+
+
+def optim_twin(objective, args, content, spec: optimize.OptimizerSpec, slack: float,
+               what: str = "Gatys") -> TorchTwin:
+  """Loss + backward + `torch.optim.Adam` step on z, with x = (1 + 2s) sigmoid(z) - s.
+
+  The loss is the Gatys objective (content, Gram, TV), plus Risser et al.'s histogram terms
+  when `objective` has `histogram_layers` (sort matching, one style, no masks).
+  """
+  tm.require_cpu(what)
   net_j = args["net"]
   net = tm.VGGFeatures(net_j.depth, net_j.widths, net_j.pooling, net_j.padding,
                        net_j.convention).load(net_j.params)
@@ -103,11 +130,16 @@ def gatys_twin(objective, args, content, spec: optimize.OptimizerSpec, slack: fl
   layers = objective.layers()
   content_t = {k: tm.nchw(v) for k, v in args["content"].items()}
   grams_t = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in args["grams"].items()}
+  histogram_layers = getattr(objective, "histogram_layers", ())
+  if histogram_layers and (objective.num_styles != 1 or objective.histogram_method != "sort"):
+    raise NotImplementedError("the histogram twin matches one style by sorting")
+  hists_t = {k: (torch.from_numpy(np.array(v[0].sorted_values, np.float32)), float(v[0].count[0]))
+             for k, v in args.get("hists", {}).items()}
   blend = [float(b) for b in np.asarray(args["blend"])]
   # Per-layer loss divisors (the method normalises each layer by its target's mean square).
   scale = jax.tree.map(lambda v: np.asarray(v, np.float64), args.get("scale"))
   content_div = lambda l: float(scale["content"][l]) if scale else 1.0
-  style_div = lambda l, s: float(scale["style"][l][s]) if scale else 1.0
+  style_div = lambda l, s, kind="style": float(scale[kind][l][s]) if scale else 1.0
 
   def loss_fn(z: torch.Tensor) -> torch.Tensor:
     x = (1.0 + 2.0 * slack) * torch.sigmoid(z) - slack
@@ -121,6 +153,10 @@ def gatys_twin(objective, args, content, spec: optimize.OptimizerSpec, slack: fl
       for s in range(objective.num_styles):
         term = (g - grams_t[layer][s]).square().mean() / style_div(layer, s)
         loss = loss + objective.style_weight * w * blend[s] * term
+    for layer, w in zip(histogram_layers, getattr(objective, "histogram_layer_weights", ())):
+      matched = histogram_match_sorted(feats[layer], *hists_t[layer])
+      term = (feats[layer] - matched).square().mean() / style_div(layer, 0, "hist")
+      loss = loss + objective.histogram_weight * w * blend[0] * term
     if objective.tv_weight:
       loss = loss + objective.tv_weight * tm.total_variation_mean(x)
     return loss

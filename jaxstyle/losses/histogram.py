@@ -22,12 +22,15 @@ Masks (`[B, H, W]`, binarised at 0.5) restrict matching to a region on either si
 localised losses): masked source pixels are matched to the masked target pixels only; the rest keep
 their values. Everything is batched over B, jit-safe and sort-based (no loops over pixels).
 """
+import concurrent.futures
 import functools
+import os
 from typing import Optional, Union
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -102,9 +105,45 @@ def histogram_target(target: Array, mask: Optional[Array] = None,
   return HistogramTarget(sorted_values, count, hist.reshape(bt, c, bins), vmin, vmax)
 
 
+def _sort_threads() -> int:
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@functools.lru_cache(maxsize=1)
+def _sort_pool() -> concurrent.futures.ThreadPoolExecutor:
+  return concurrent.futures.ThreadPoolExecutor(_sort_threads(), thread_name_prefix="jaxstyle-sort")
+
+
+def _numpy_ranks(x: np.ndarray) -> np.ndarray:
+  """Stable ranks along the last axis, rows split over threads (NumPy sorts without the GIL)."""
+  x = np.asarray(x)
+  rows = x.reshape(-1, x.shape[-1])
+  out = np.empty(rows.shape, np.float32)
+  positions = np.arange(rows.shape[-1], dtype=np.float32)[None]
+
+  def work(lo, hi):
+    order = np.argsort(rows[lo:hi], axis=-1, kind="stable")
+    np.put_along_axis(out[lo:hi], order, positions, axis=-1)
+
+  bounds = np.linspace(0, len(rows), min(len(rows), _sort_threads()) + 1).astype(int)
+  for f in [_sort_pool().submit(work, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]:
+    f.result()
+  return out.reshape(x.shape)
+
+
 def _ranks(x: Array, valid: Array) -> Array:
-  """Rank of every valid value within its row (0..n-1); invalid entries get ranks >= n."""
-  order = jnp.argsort(jnp.where(valid, x, jnp.inf), axis=-1, stable=True)
+  """Rank of every valid value within its row (0..n-1); invalid entries get ranks >= n.
+
+  On CPU the sort runs in NumPy through a host callback: XLA:CPU's sort is a comparator sort on one
+  thread, 185 ms for the 64 x 16384 values of relu1_1 at 128 px (most of a histogram iteration),
+  where NumPy's stable sort over two threads takes ~25 ms. The result is the same: both are stable
+  sorts in ascending order with NaN last. Other backends sort with XLA.
+  """
+  keyed = jnp.where(valid, x, jnp.inf)
+  if jax.default_backend() == "cpu":
+    return jax.pure_callback(_numpy_ranks, jax.ShapeDtypeStruct(keyed.shape, jnp.float32), keyed,
+                             vmap_method="broadcast_all")
+  order = jnp.argsort(keyed, axis=-1, stable=True)
   rows = order.reshape(-1, order.shape[-1])
   n = rows.shape[-1]
   inv = jax.vmap(lambda o: jnp.zeros((n,), jnp.int32).at[o].set(jnp.arange(n, dtype=jnp.int32)))(rows)

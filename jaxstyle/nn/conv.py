@@ -123,18 +123,20 @@ def _pointwise_conv(x: Array, kernel: Array, bias: Optional[Array], strides: int
 
 def winograd_conv(x: Array, features: int, *, name: str, use_bias: bool = True,
                   kernel_init: Callable = nn.linear.default_kernel_init, dtype=None,
-                  transformed: Optional[dict] = None) -> Array:
+                  transformed: Optional[dict] = None, zero_pad: bool = False) -> Array:
   """An unpadded 3x3 `nn.Conv` named `name` (same parameters), run by Winograd.
 
   Call it inside a compact `__call__` where `winograd.applies(...)`; the parameters are created in
   the calling module. `transformed` (`winograd.transform_frozen` of the kernel) marks the layer
-  frozen: its precomputed transforms are used and no gradient reaches the weights.
+  frozen: its precomputed transforms are used and no gradient reaches the weights. `zero_pad`
+  pads one zero pixel per side first ('SAME'; the frozen path then skips the padded border's
+  input gradient).
   """
   kernel, bias = _ConvParams(features, 3, use_bias, kernel_init, name=name)(x.shape[-1])
   x, kernel, bias = promote_dtype(x, kernel, bias, dtype=dtype)
   if transformed is not None:
-    return winograd.conv3x3_frozen(x, transformed, bias)
-  return winograd.conv3x3_valid(x, kernel, bias)
+    return winograd.conv3x3_frozen(x, transformed, bias, zero_pad=zero_pad)
+  return winograd.conv3x3_valid(pad_spatial(x, 1, "zero") if zero_pad else x, kernel, bias)
 
 
 class ConvLayer(nn.Module):

@@ -147,14 +147,39 @@ def _frozen_bwd(u_rot, g):
 _frozen.defvjp(_frozen_fwd, _frozen_bwd)
 
 
-def conv3x3_frozen(x: Array, transformed: Dict[str, Array], bias: Optional[Array] = None) -> Array:
+def _pad1(x: Array) -> Array:
+  return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+@jax.custom_vjp
+def _frozen_same(x: Array, u: Array, u_rot: Array) -> Array:
+  return _winograd(_pad1(x), u, 1)
+
+
+def _frozen_same_fwd(x, u, u_rot):
+  return _frozen_same(x, u, u_rot), u_rot
+
+
+def _frozen_same_bwd(u_rot, g):
+  # Differentiating pad-then-VALID would compute the gradient of the padded input (H + 2 rows)
+  # and crop it: (H/2 + 1)^2 instead of (H/2)^2 tiles, 27% more work at 16x16 and 56% at 8x8.
+  dx = _winograd(_pad1(g), u_rot, 2)
+  return dx, jnp.zeros_like(u_rot), jnp.zeros_like(u_rot)
+
+
+_frozen_same.defvjp(_frozen_same_fwd, _frozen_same_bwd)
+
+
+def conv3x3_frozen(x: Array, transformed: Dict[str, Array], bias: Optional[Array] = None, *,
+                   zero_pad: bool = False) -> Array:
   """`conv3x3_valid` with the kernel transformed once beforehand (`transform_frozen`).
 
   For frozen networks (the VGG loss network), whose weights are the same in every call of an
   optimisation or training loop: the transforms then cost nothing per call. The gradient reaches
-  `x` only; the transformed kernels (and so the weights) get zero cotangents.
+  `x` only; the transformed kernels (and so the weights) get zero cotangents. With `zero_pad`, `x`
+  is unpadded and the convolution keeps its size ('SAME' zero padding, `[B, H, W, Cout]`).
   """
-  y = _frozen(x, transformed["u"], transformed["u_rot"])
+  y = (_frozen_same if zero_pad else _frozen)(x, transformed["u"], transformed["u_rot"])
   return y if bias is None else y + bias
 
 

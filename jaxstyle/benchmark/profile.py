@@ -1,0 +1,68 @@
+"""`jax.profiler` traces of benchmark cases, summarised per XLA operation.
+
+`--profile_dir` makes the benchmark trace a few extra calls of every case after timing it (the
+timed calls stay untraced) and report where the time went: the operations (XLA fusions, library
+calls, GPU kernels) that took most of it, per call, and the same grouped by kind (the name without
+its instance number: `ynn_fusion.12` and `ynn_fusion.40` are both `ynn_fusion`). The trace itself
+stays in the directory for TensorBoard's profile plugin or Perfetto.
+"""
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+from typing import Any, Callable, Dict, List
+
+import jax
+
+# Runtime scaffolding around the operations; their time is the operations' time again.
+_WRAPPERS = re.compile(r"^\$|Thunk|Pjit|Execute|ParseArguments|Await|ThreadpoolListener|"
+                       r"PjRt|Handle |Allocate|Wait for|CollectGarbage|CreateOutputs|^end: ")
+
+
+def trace(call: Callable[[], Any], sync: Callable[[Any], Any], directory: str, calls: int) -> str:
+  """Runs `calls` synced calls under `jax.profiler.trace`; returns the Perfetto trace file."""
+  os.makedirs(directory, exist_ok=True)
+  before = set(_trace_files(directory))
+  with jax.profiler.trace(directory, create_perfetto_trace=True):
+    for _ in range(calls):
+      sync(call())
+  new = sorted(set(_trace_files(directory)) - before, key=os.path.getmtime)
+  if not new:
+    raise RuntimeError(f"jax.profiler wrote no trace under {directory}")
+  return new[-1]
+
+
+def _trace_files(directory: str) -> List[str]:
+  return glob.glob(os.path.join(directory, "**", "*.trace.json.gz"), recursive=True)
+
+
+def summarize(trace_file: str, calls: int, top: int = 12) -> Dict[str, Any]:
+  """Time per call of the traced operations (summed over threads and streams), largest first.
+
+  Returns {'ops': [[name, ms_per_call, count_per_call], ...], 'kinds': [[kind, ms_per_call], ...],
+  'total_ms': ...}: on a multi-threaded CPU the total exceeds the wall time by the parallelism.
+  """
+  with gzip.open(trace_file, "rt") as f:
+    data = json.load(f)
+  events = data["traceEvents"] if isinstance(data, dict) else data
+  time_us, count = collections.Counter(), collections.Counter()
+  for e in events:
+    if e.get("ph") != "X" or "dur" not in e or _WRAPPERS.search(e.get("name", "")):
+      continue
+    time_us[e["name"]] += e["dur"]
+    count[e["name"]] += 1
+  kinds = collections.Counter()
+  for name, us in time_us.items():
+    kinds[re.sub(r"(\.\d+)+$", "", name)] += us
+  per_call = lambda us: round(us / 1e3 / calls, 3)
+  return {"ops": [[n, per_call(us), count[n] / calls] for n, us in time_us.most_common(top)],
+          "kinds": [[k, per_call(us)] for k, us in kinds.most_common(top)],
+          "total_ms": per_call(sum(time_us.values()))}
+
+
+def format_summary(case: str, summary: Dict[str, Any]) -> str:
+  lines = [f"{case}: traced ops {summary['total_ms']:.1f} ms per call (all threads/streams)"]
+  lines += [f"  {ms:9.3f} ms  {kind}" for kind, ms in summary["kinds"]]
+  return "\n".join(lines)

@@ -1,0 +1,42 @@
+"""Host memory retention: the second large malloc/free cycle reuses pages instead of faulting."""
+import subprocess
+import sys
+
+import pytest
+
+from jaxstyle import hostmem
+
+_CYCLE = r"""
+import ctypes, ctypes.util, resource, sys
+from jaxstyle import hostmem
+if sys.argv[1] == "retain":
+  assert hostmem.retain_freed_memory() and hostmem.retain_freed_memory() and hostmem.retained()
+else:
+  assert not hostmem.retained()
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def cycle(n=80 << 20):  # Larger than glibc's largest mmap threshold (32 MB), like XLA's temps.
+  p = libc.malloc(n)
+  ctypes.memset(p, 1, n)
+  libc.free(p)
+cycle()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+cycle()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _second_cycle_faults(mode: str) -> int:
+  out = subprocess.run([sys.executable, "-c", _CYCLE, mode], capture_output=True, text=True,
+                       check=True)
+  return int(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(hostmem._libc() is None, reason="needs glibc's mallopt")  # pylint: disable=protected-access
+def test_retained_memory_is_reused_without_page_faults():
+  pages = (80 << 20) // 4096
+  # By default the 80 MB block is a fresh mapping each time: every page faults again.
+  assert _second_cycle_faults("default") > pages // 2
+  assert _second_cycle_faults("retain") < pages // 20
+
