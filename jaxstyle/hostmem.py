@@ -9,10 +9,14 @@ XLA's worker threads land in per-thread arenas whose heaps cannot hold such bloc
 `mmap` too.
 
 `retain_freed_memory` turns that off for the process: large blocks come from the main heap
-(`M_MMAP_MAX` 0), freed memory stays with the process (`M_TRIM_THRESHOLD`) and all threads share
-the main arena (`M_ARENA_MAX` 1), so the second call reuses the first call's pages. The cost is a
-resident size that stays at its peak. The launchers call it on start-up unless
-`--noretain_host_memory` is given; it only exists on glibc (Linux) and does nothing elsewhere.
+(`M_MMAP_MAX` 0) and freed memory stays with the process (`M_TRIM_THRESHOLD`), so the next call
+reuses the same pages: 15,838 -> ~0-2,000 faults per Gatys iteration, for a peak resident size
+~10% higher (Gatys at 512 px: 2.46 -> 2.68 GB). Allocations on XLA's worker threads still fault
+(per-thread arenas cannot hold such blocks). `single_arena=True` also serves those threads from
+the main heap (`M_ARENA_MAX` 1): AdaIN and TSPR inference at 128 px then lose their remaining
+20-30k faults per call (~10-15% faster), but fragmentation can double the peak resident size
+(Gatys at 512 px: 4.6 GB). The launchers call it on start-up (`--retain_host_memory`, default on;
+`--single_malloc_arena`, default off). It only exists on glibc (Linux) and does nothing elsewhere.
 """
 import ctypes
 import ctypes.util
@@ -24,7 +28,7 @@ _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 _INT_MAX = 2**31 - 1
 
-_retained = False
+_settings = {"retain": False, "single_arena": False}
 
 
 def _libc():
@@ -37,24 +41,30 @@ def _libc():
   return libc if hasattr(libc, "mallopt") else None  # musl has no mallopt.
 
 
-def retain_freed_memory() -> bool:
+def retain_freed_memory(single_arena: bool = False) -> bool:
   """Makes malloc keep and reuse freed memory (see the module docstring); True if it could.
 
   Call it early, before JAX runs anything: arenas that threads already own stay as they are.
-  Idempotent.
+  Calling it again can add `single_arena`, never take it away.
   """
-  global _retained
-  if _retained:
-    return True
   libc = _libc()
   if libc is None:
     return False
-  ok = all(libc.mallopt(param, value) == 1 for param, value in
-           ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX), (_M_ARENA_MAX, 1)))
-  _retained = ok
-  return ok
+  params = [(_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX)]
+  if single_arena:
+    params.append((_M_ARENA_MAX, 1))
+  if not all(libc.mallopt(param, value) == 1 for param, value in params):
+    return False
+  _settings["retain"] = True
+  _settings["single_arena"] = _settings["single_arena"] or single_arena
+  return True
 
 
 def retained() -> bool:
   """Whether `retain_freed_memory` is in effect for this process."""
-  return _retained
+  return _settings["retain"]
+
+
+def settings() -> dict:
+  """{'retain': bool, 'single_arena': bool} as set for this process."""
+  return dict(_settings)

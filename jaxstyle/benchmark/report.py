@@ -36,6 +36,14 @@ def table_rows(report: dict) -> List[List[str]]:
   return rows
 
 
+def _host_memory(env: dict) -> str:
+  mem = env.get("host_memory") or {}
+  if not mem.get("retain"):
+    return "freed host memory returned to the OS"
+  return ("freed host memory retained" + (", one malloc arena" if mem.get("single_arena") else "")
+          + " (both sides)")
+
+
 def format_table(report: dict) -> str:
   """A fixed-width table of the results plus the environment lines that qualify them."""
   rows = [list(COLUMNS)] + table_rows(report)
@@ -46,8 +54,7 @@ def format_table(report: dict) -> str:
   lines.append("")
   lines.append(f"device: {env['device']} ({env['platform']}), jax {env['jax']}, torch "
                f"{env['torch'] or 'not used'}; XLA CPU threads {env['cpu_threads']}, "
-               f"torch.set_num_threads({env['torch_threads']}); freed host memory "
-               f"{'retained' if env.get('retain_host_memory') else 'returned'} (both sides)")
+               f"torch.set_num_threads({env['torch_threads']}); {_host_memory(env)}")
   if "load_average" in env:
     lines.append(f"load average at start {env['load_average'][0]:.1f}, at end "
                  f"{env.get('load_average_end', [float('nan')])[0]:.1f}")

@@ -222,7 +222,7 @@ def environment(config: BenchmarkConfig, torch_threads: Optional[int]) -> dict:
          "device": dev.device_kind, "num_devices": jax.device_count(),
          "machine": platform.machine(), "cpu_threads": harness.cpu_threads(),
          "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch": None,
-         "torch_threads": torch_threads, "retain_host_memory": hostmem.retained(),
+         "torch_threads": torch_threads, "host_memory": hostmem.settings(),
          "config": dataclasses.asdict(config)}
   if hasattr(os, "getloadavg"):
     env["load_average"] = list(os.getloadavg())
