@@ -68,6 +68,8 @@ def run(main):
 
   def guarded(argv):
     quiet_logging()
+    if _SINGLE_MALLOC_ARENA.value and not _RETAIN_HOST_MEMORY.value:
+      fail("--single_malloc_arena needs --retain_host_memory")
     if _RETAIN_HOST_MEMORY.value:
       hostmem.retain_freed_memory(single_arena=_SINGLE_MALLOC_ARENA.value)
     try:

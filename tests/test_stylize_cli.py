@@ -89,6 +89,8 @@ def _bad_cases(f):
       "bad_weights": ({"--weights": "/nonexistent/vgg.msgpack"}, [], "unknown weights"),
       "bad_setting": ({}, ["--set=style_wieght=3"], "unknown setting 'style_wieght'"),
       "too_small": ({}, ["--set=scales=9"], "too small"),
+      "arena_without_retain": ({}, ["--noretain_host_memory", "--single_malloc_arena"],
+                               "--single_malloc_arena needs --retain_host_memory"),
   }
   for name, (override, extra, match) in cases.items():
     flags = dict(base, **override)
