@@ -1,4 +1,4 @@
-"""Host memory reuse: keep XLA:CPU's large temporaries mapped between calls.
+"""The host process as XLA:CPU uses it: its thread count, and memory reuse between calls.
 
 XLA:CPU takes every call's temporaries from `malloc` (65 MB for a Gatys iteration at 128 px, more
 for AdaIN's two VGG19 passes). glibc serves blocks that large with a fresh `mmap` and unmaps them on
@@ -20,6 +20,7 @@ the main heap (`M_ARENA_MAX` 1): AdaIN and TSPR inference at 128 px then lose th
 """
 import ctypes
 import ctypes.util
+import os
 import sys
 
 # mallopt parameters, from glibc's <malloc.h>.
@@ -29,6 +30,14 @@ _M_ARENA_MAX = -8
 _INT_MAX = 2**31 - 1
 
 _settings = {"retain": False, "single_arena": False}
+
+
+def cpu_threads() -> int:
+  """Threads XLA's CPU backend runs on: one per schedulable core (its default thread pool size)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    return os.cpu_count() or 1
 
 
 def _libc():

@@ -4,7 +4,6 @@
 the same way, so that the ratios the benchmark reports compare like with like.
 """
 import dataclasses
-import os
 import time
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -221,11 +220,3 @@ def time_torch(fn: Callable, args: Sequence[Any], *, repeats: int = 10, warmup: 
   bench = TorchBench(lambda: fn(*args))
   bench.run(repeats, max(warmup - 1, 0), min_seconds)
   return bench.timing()
-
-
-def cpu_threads() -> int:
-  """Threads XLA's CPU backend runs on: one per schedulable core (its default thread pool size)."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # Not on Linux.
-    return os.cpu_count() or 1

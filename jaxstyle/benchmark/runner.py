@@ -220,7 +220,7 @@ def environment(config: BenchmarkConfig, torch_threads: Optional[int]) -> dict:
   dev = jax.devices()[0]
   env = {"python": sys.version.split()[0], "jax": jax.__version__, "platform": dev.platform,
          "device": dev.device_kind, "num_devices": jax.device_count(),
-         "machine": platform.machine(), "cpu_threads": harness.cpu_threads(),
+         "machine": platform.machine(), "cpu_threads": hostmem.cpu_threads(),
          "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch": None,
          "torch_threads": torch_threads, "host_memory": hostmem.settings(),
          "config": dataclasses.asdict(config)}
@@ -247,7 +247,7 @@ def run(config: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
     else:
       import torch  # pylint: disable=g-import-not-at-top
       # Same thread count as XLA's CPU thread pool, so that neither side gets more cores.
-      torch_threads = harness.cpu_threads()
+      torch_threads = hostmem.cpu_threads()
       torch.set_num_threads(torch_threads)
   report = {"environment": environment(config, torch_threads), "results": []}
   for method in config.methods:

@@ -24,13 +24,14 @@ their values. Everything is batched over B, jit-safe and sort-based (no loops ov
 """
 import concurrent.futures
 import functools
-import os
 from typing import Optional, Union
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxstyle import hostmem
 
 Array = jax.Array
 
@@ -105,13 +106,10 @@ def histogram_target(target: Array, mask: Optional[Array] = None,
   return HistogramTarget(sorted_values, count, hist.reshape(bt, c, bins), vmin, vmax)
 
 
-def _sort_threads() -> int:
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 @functools.lru_cache(maxsize=1)
 def _sort_pool() -> concurrent.futures.ThreadPoolExecutor:
-  return concurrent.futures.ThreadPoolExecutor(_sort_threads(), thread_name_prefix="jaxstyle-sort")
+  return concurrent.futures.ThreadPoolExecutor(hostmem.cpu_threads(),
+                                               thread_name_prefix="jaxstyle-sort")
 
 
 def _numpy_ranks(x: np.ndarray) -> np.ndarray:
@@ -125,7 +123,7 @@ def _numpy_ranks(x: np.ndarray) -> np.ndarray:
     order = np.argsort(rows[lo:hi], axis=-1, kind="stable")
     np.put_along_axis(out[lo:hi], order, positions, axis=-1)
 
-  bounds = np.linspace(0, len(rows), min(len(rows), _sort_threads()) + 1).astype(int)
+  bounds = np.linspace(0, len(rows), min(len(rows), hostmem.cpu_threads()) + 1).astype(int)
   for f in [_sort_pool().submit(work, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]:
     f.result()
   return out.reshape(x.shape)
