@@ -69,11 +69,6 @@ def retain_freed_memory(single_arena: bool = False) -> bool:
   return True
 
 
-def retained() -> bool:
-  """Whether `retain_freed_memory` is in effect for this process."""
-  return _settings["retain"]
-
-
 def settings() -> dict:
   """{'retain': bool, 'single_arena': bool} as set for this process."""
   return dict(_settings)

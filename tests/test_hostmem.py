@@ -11,7 +11,7 @@ import ctypes, ctypes.util, resource, sys, threading
 from jaxstyle import hostmem
 mode = sys.argv[1]
 if mode == "default":
-  assert not hostmem.retained()
+  assert hostmem.settings() == {"retain": False, "single_arena": False}
 else:
   single = mode.startswith("single")
   assert hostmem.retain_freed_memory(single_arena=single) and hostmem.retain_freed_memory()
