@@ -110,7 +110,7 @@ class _HostCost:
     self.total, self.calls = np.zeros(2), 0
 
   def per_call(self):
-    if not self.calls or _rusage() is None:
+    if not self.calls:  # nothing timed, or no getrusage here (`_timed_loop` then counts nothing)
       return {}
     faults, system = self.total / self.calls
     return {"page_faults": float(faults), "system_seconds": float(system)}
