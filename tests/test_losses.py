@@ -43,6 +43,35 @@ def test_gram_matrix_numpy(rng, normalize):
   np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6)
 
 
+def test_gram_matrix_gradient_numpy(rng):
+  # The hand-written VJP (one product F (dG + dG^T)) against the analytic gradient in float64.
+  f = _feats(rng, (2, 6, 5, 8))
+  b, h, w, c = f.shape
+  t = rng.normal(size=(b, c, c))
+  loss = lambda x: jnp.sum(losses.gram_matrix(x, "chw") * t)
+  flat = f.reshape(b, h * w, c).astype(np.float64)
+  ref = np.einsum("bnc,bcd->bnd", flat, t + np.swapaxes(t, 1, 2)) / (c * h * w)
+  np.testing.assert_allclose(jax.grad(loss)(jnp.asarray(f)), ref.reshape(f.shape), rtol=1e-5,
+                             atol=1e-7)
+
+
+def test_gram_matrix_bfloat16_features(rng):
+  # 16-bit features: float32 Gram from 16-bit products (exact in float32), so the result is that of
+  # the upcast values; the gradient keeps the features' dtype and is their float32 gradient rounded.
+  f = jnp.asarray(_feats(rng, (2, 6, 5, 8)), jnp.bfloat16)
+  f32 = f.astype(jnp.float32)
+  g = losses.gram_matrix(f, "hw")
+  assert g.dtype == jnp.float32
+  np.testing.assert_allclose(g, losses.gram_matrix(f32, "hw"), rtol=1e-5, atol=1e-6)
+  t = jnp.asarray(rng.normal(size=g.shape), jnp.float32)
+  grad = jax.grad(lambda x: jnp.sum(losses.gram_matrix(x, "hw") * t))(f)
+  ref = jax.grad(lambda x: jnp.sum(losses.gram_matrix(x, "hw") * t))(f32)
+  assert grad.dtype == jnp.bfloat16
+  err = np.abs(np.asarray(grad, np.float32) - np.asarray(ref))
+  # One rounding of the symmetric cotangent and one of the result: a few bf16 ulps.
+  assert err.max() <= 2e-2 * np.abs(np.asarray(ref)).max()
+
+
 def test_gram_matrix_masked_numpy(rng):
   f = _feats(rng)
   b, h, w, c = f.shape

@@ -21,6 +21,39 @@ def _mask4(mask: Array, f: Array) -> Array:
   return jnp.broadcast_to(m, f.shape[:3])[..., None]
 
 
+def _gram_operands(f: Array) -> Tuple[Array, dict]:
+  """`f` and the dot options of its products: float32 at full precision (XLA's default would let a
+  GPU round to TF32); 16-bit features (mixed precision) stay 16-bit, on the tensor cores, with
+  float32 accumulation, which loses nothing: their products are exact in float32."""
+  if f.dtype in (jnp.bfloat16, jnp.float16):
+    return f, dict(preferred_element_type=jnp.float32)
+  return f.astype(jnp.float32), dict(precision=jax.lax.Precision.HIGHEST,
+                                     preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _self_gram(f: Array) -> Array:
+  """`F^T F` per sample of `f` [B, N, C], float32 [B, C, C]."""
+  f, options = _gram_operands(f)
+  return jnp.einsum("bnc,bnd->bcd", f, f, **options)
+
+
+def _self_gram_fwd(f):
+  return _self_gram(f), f
+
+
+def _self_gram_bwd(f, dg):
+  # d(F^T F) = F (dG + dG^T): one product instead of the two that autodiff of the einsum makes,
+  # and, for 16-bit features, in their dtype rather than float32 (the cotangent of a 16-bit input
+  # is rounded to 16 bits anyway).
+  f_op, options = _gram_operands(f)
+  sym = (dg + jnp.swapaxes(dg, 1, 2)).astype(f_op.dtype)
+  return (jnp.einsum("bnc,bcd->bnd", f_op, sym, **options).astype(f.dtype),)
+
+
+_self_gram.defvjp(_self_gram_fwd, _self_gram_bwd)
+
+
 def gram_matrix(f: Array, normalize: Optional[str] = "chw", mask: Optional[Array] = None) -> Array:
   """Channel co-activation (Gram) matrix of each feature map.
 
@@ -36,15 +69,15 @@ def gram_matrix(f: Array, normalize: Optional[str] = "chw", mask: Optional[Array
   """
   if normalize not in _NORMALIZE:
     raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
-  f = jnp.asarray(f, jnp.float32)
-  _, h, w, c = f.shape
+  f = jnp.asarray(f)
+  b, h, w, c = f.shape
   if mask is None:
-    weighted, count = f, jnp.float32(h * w)
+    g, count = _self_gram(f.reshape(b, h * w, c)), jnp.float32(h * w)
   else:
+    f = f.astype(jnp.float32)
     m = _mask4(mask, f)
-    weighted = f * m
     count = jnp.sum(m, axis=(1, 2, 3))[:, None, None]
-  g = jnp.einsum("bhwc,bhwd->bcd", weighted, f, precision=jax.lax.Precision.HIGHEST)
+    g = jnp.einsum("bhwc,bhwd->bcd", f * m, f, precision=jax.lax.Precision.HIGHEST)
   if normalize in ("none", None):
     return g
   count = jnp.maximum(count, 1e-8)
