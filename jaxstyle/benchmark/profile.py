@@ -38,31 +38,53 @@ def _trace_files(directory: str) -> List[str]:
   return glob.glob(os.path.join(directory, "**", "*.trace.json.gz"), recursive=True)
 
 
+def _lines(events) -> Dict[tuple, str]:
+  """{(pid, tid): 'process / thread'} from the trace's metadata events."""
+  procs = {e["pid"]: e["args"].get("name", "") for e in events
+           if e.get("ph") == "M" and e.get("name") == "process_name"}
+  return {(e["pid"], e["tid"]): f"{procs.get(e['pid'], e['pid'])} / {e['args'].get('name', '')}"
+          for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
+
+
+def _kernel_lines(lines: Dict[tuple, str]) -> set:
+  """The lines of device kernels, if the trace has any (GPU): each kernel is counted once there,
+  not again as the host's launch and the device's 'XLA Ops' / 'XLA Modules' spans around it."""
+  return {k for k, name in lines.items() if name.startswith("/device:") and "Stream" in name}
+
+
 def summarize(trace_file: str, calls: int, top: int = 12) -> Dict[str, Any]:
   """Time per call of the traced operations (summed over threads and streams), largest first.
 
   Returns {'ops': [[name, ms_per_call, count_per_call], ...], 'kinds': [[kind, ms_per_call], ...],
-  'total_ms': ...}: on a multi-threaded CPU the total exceeds the wall time by the parallelism.
+  'total_ms': ..., 'lines': [[line, ms_per_call], ...]}: on a multi-threaded CPU the total exceeds
+  the wall time by the parallelism. On a GPU only the device's kernels are counted.
   """
   with gzip.open(trace_file, "rt") as f:
     data = json.load(f)
   events = data["traceEvents"] if isinstance(data, dict) else data
-  time_us, count = collections.Counter(), collections.Counter()
+  names = _lines(events)
+  kernels = _kernel_lines(names)
+  time_us, count, line_us = collections.Counter(), collections.Counter(), collections.Counter()
   for e in events:
-    if e.get("ph") != "X" or "dur" not in e or _WRAPPERS.search(e.get("name", "")):
+    if e.get("ph") != "X" or "dur" not in e:
+      continue
+    where = (e.get("pid"), e.get("tid"))
+    line_us[names.get(where, str(where))] += e["dur"]
+    if (kernels and where not in kernels) or _WRAPPERS.search(e.get("name", "")):
       continue
     time_us[e["name"]] += e["dur"]
     count[e["name"]] += 1
   kinds = collections.Counter()
   for name, us in time_us.items():
-    kinds[re.sub(r"(\.\d+)+$", "", name)] += us
+    kinds[re.sub(r"([._]\d+)+$", "", name)] += us
   per_call = lambda us: round(us / 1e3 / calls, 3)
   return {"ops": [[n, per_call(us), count[n] / calls] for n, us in time_us.most_common(top)],
           "kinds": [[k, per_call(us)] for k, us in kinds.most_common(top)],
-          "total_ms": per_call(sum(time_us.values()))}
+          "total_ms": per_call(sum(time_us.values())),
+          "lines": [[n, per_call(us)] for n, us in line_us.most_common(top)]}
 
 
 def format_summary(case: str, summary: Dict[str, Any]) -> str:
   lines = [f"{case}: traced ops {summary['total_ms']:.1f} ms per call (all threads/streams)"]
-  lines += [f"  {ms:9.3f} ms  {kind}" for kind, ms in summary["kinds"]]
+  lines += [f"  {ms:9.3f} ms  {kind[:110]}" for kind, ms in summary["kinds"]]
   return "\n".join(lines)
