@@ -7,6 +7,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from jaxstyle import compile_cache
 from jaxstyle import hostmem
 from jaxstyle.errors import ConfigError, JaxstyleError
 
@@ -22,6 +23,12 @@ _SINGLE_MALLOC_ARENA = flags.DEFINE_bool(
     "With --retain_host_memory, also serve XLA's worker threads from the main heap: removes the "
     "page faults that remain (AdaIN/TSPR on CPU ~10-15% faster) but can double the peak resident "
     "size.")
+
+_COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", None,
+    "Keep compiled programs (JAX's persistent cache) and XLA's convolution autotuning results "
+    "here, so later runs skip most of the compile (GPU: an MSG-Net train step 57 s -> 9 s). Off "
+    "when unset.")
 
 
 def fail(message: str, code: int = 2):
@@ -73,6 +80,8 @@ def run(main):
     if _RETAIN_HOST_MEMORY.value:
       hostmem.retain_freed_memory(single_arena=_SINGLE_MALLOC_ARENA.value)
     try:
+      if _COMPILATION_CACHE_DIR.value:
+        compile_cache.enable(_COMPILATION_CACHE_DIR.value)
       return main(argv)
     except JaxstyleError as e:
       fail(str(e))

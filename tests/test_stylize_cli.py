@@ -91,6 +91,8 @@ def _bad_cases(f):
       "too_small": ({}, ["--set=scales=9"], "too small"),
       "arena_without_retain": ({}, ["--noretain_host_memory", "--single_malloc_arena"],
                                "--single_malloc_arena needs --retain_host_memory"),
+      "cache_in_a_file": ({}, [f"--compilation_cache_dir={f['file.txt']}/xla"],
+                          "cannot use"),
   }
   for name, (override, extra, match) in cases.items():
     flags = dict(base, **override)
@@ -104,7 +106,8 @@ def test_cli_success_and_every_bad_input(files):
   ok_args = [f"--content={files['g16.png']}", f"--style={files['rgba.png']}",
              f"--style={files['gray.png']}", f"--style={files['cmyk.jpg']}",
              f"--style={files['pal.png']}", "--style_weights=1,1,2,1",
-             f"--weights={files['weights.msgpack']}", f"--output={out}", "--grid"] + SMALL
+             f"--weights={files['weights.msgpack']}", f"--output={out}", "--grid",
+             f"--compilation_cache_dir={files['dir']}/xla"] + SMALL
   procs = {"ok": (_start(ok_args, files), None, out)}
   for name, args, match, output in _bad_cases(files):
     procs[name] = (_start(args, files), match, output)
@@ -128,3 +131,4 @@ def test_cli_success_and_every_bad_input(files):
   grid = image_lib.load_image(os.path.join(files["dir"], "out", "result_grid.png"))
   assert grid.shape[0] == 27 and grid.shape[1] > 5 * 32
   assert sorted(os.listdir(os.path.dirname(out))) == ["result.png", "result_grid.png"]
+  assert sorted(os.listdir(os.path.join(files["dir"], "xla"))) == ["autotune", "jax"]

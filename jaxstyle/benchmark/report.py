@@ -55,6 +55,9 @@ def format_table(report: dict) -> str:
   lines.append(f"device: {env['device']} ({env['platform']}), jax {env['jax']}, torch "
                f"{env['torch'] or 'not used'}; XLA CPU threads {env['cpu_threads']}, "
                f"torch.set_num_threads({env['torch_threads']}); {_host_memory(env)}")
+  if env.get("compilation_cache"):
+    lines.append(f"compilation cache {env['compilation_cache']}: 'compile s' of a program compiled "
+                 "in an earlier run is the time to load it")
   if "load_average" in env:
     lines.append(f"load average at start {env['load_average'][0]:.1f}, at end "
                  f"{env.get('load_average_end', [float('nan')])[0]:.1f}")

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxstyle import api
+from jaxstyle import compile_cache
 from jaxstyle import hostmem
 from jaxstyle.benchmark import harness
 from jaxstyle.benchmark import model_cases
@@ -223,6 +224,7 @@ def environment(config: BenchmarkConfig, torch_threads: Optional[int]) -> dict:
          "machine": platform.machine(), "cpu_threads": hostmem.cpu_threads(),
          "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch": None,
          "torch_threads": torch_threads, "host_memory": hostmem.settings(),
+         "compilation_cache": compile_cache.directory(),
          "config": dataclasses.asdict(config)}
   if hasattr(os, "getloadavg"):
     env["load_average"] = list(os.getloadavg())
