@@ -111,6 +111,9 @@ def test_profile_dir_traces_and_summarises_each_case(tmp_path):
   assert not any(n.startswith("$") or "Thunk" in n for n in names), names
   assert [ms for _, ms, _ in prof["ops"]] == sorted((ms for _, ms, _ in prof["ops"]), reverse=True)
   assert sum(ms for _, ms in prof["kinds"]) <= prof["total_ms"] + 1e-6
+  # Categories cover every operation: they add up to the total.
+  assert sum(ms for _, ms in prof["categories"]) == pytest.approx(prof["total_ms"], abs=0.05)
+  assert prof["launches"] >= len(prof["ops"]) / 2
   assert any("traced ops" in line for line in logs)
   paths = report.write(result, str(tmp_path / "bench.json"))
   with open(paths[1]) as f:

@@ -83,4 +83,34 @@ def test_profile_summary_counts_gpu_kernels_once(tmp_path):
   summary = profile.summarize(str(path), calls=2)
   assert summary["total_ms"] == pytest.approx(0.4)
   assert summary["kinds"] == [["loop_add_fusion", 0.3], ["sm90_xmma_fprop", 0.1]]
+  assert summary["categories"] == [["elementwise / other fusion", 0.3],
+                                   ["convolution forward", 0.1]]
+  assert summary["launches"] == 2
   assert ["/device:GPU:0 / XLA Ops", 0.4] in summary["lines"]
+
+
+@pytest.mark.parametrize("name,label", [
+    # Kernel names seen in H200 traces of the MSG-Net and AdaIN train steps.
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "convolution forward"),
+    ("cudnn_generated_fort_native_sm80_convFwd_pointwise_knob_21", "convolution forward"),
+    ("void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816dgrad_optimized_bf16>",
+     "convolution input gradient"),
+    ("sm80_xmma_wgrad_implicit_gemm_indexed_bf16bf16", "convolution kernel gradient"),
+    ("_ZN17cutlass__5x_cudnn6KernelINS_4conv6kernel23ImplicitGemmConvolution",
+     "convolution, other"),
+    ("nvjet_sm90_tst_64x64_64x13_1x2_h_bz_splitK_NTT", "matrix product"),
+    ("gemm_fusion_dot_general_34", "matrix product"),
+    ("input_transpose_fusion_15", "transpose fusion"),
+    ("input_concatenate_fusion_8", "concatenate fusion"),
+    ("input_multiply_reduce_fusion_2", "reduction fusion"),
+    ("Memset 3", "copy / memset"),
+    ("loop_select_fusion_4", "elementwise / other fusion"),
+    ("wrapped_convert", "elementwise / other fusion"),
+    ("nhwcAddPaddingKernel", "other"),
+    # XLA:CPU
+    ("ynn_fusion.12", "CPU library call (convolutions, products)"),
+    ("dot.3", "matrix product"),
+    ("stack.12", "concatenate fusion"),
+    ("add_bitcast_fusion", "elementwise / other fusion")])
+def test_profile_categories(name, label):
+  assert profile.category(name) == label

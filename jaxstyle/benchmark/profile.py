@@ -2,9 +2,10 @@
 
 `--profile_dir` makes the benchmark trace a few extra calls of every case after timing it (the
 timed calls stay untraced) and report where the time went: the operations (XLA fusions, library
-calls, GPU kernels) that took most of it, per call, and the same grouped by kind (the name without
-its instance number: `ynn_fusion.12` and `ynn_fusion.40` are both `ynn_fusion`). The trace itself
-stays in the directory for TensorBoard's profile plugin or Perfetto.
+calls, GPU kernels) that took most of it, per call, the same grouped by kind (the name without
+its instance number: `ynn_fusion.12` and `ynn_fusion.40` are both `ynn_fusion`) and by category
+(convolution forward / input gradient / kernel gradient, matrix product, reduction, ...: `category`).
+The trace itself stays in the directory for TensorBoard's profile plugin or Perfetto.
 """
 import collections
 import glob
@@ -19,6 +20,28 @@ import jax
 # Runtime scaffolding around the operations; their time is the operations' time again.
 _WRAPPERS = re.compile(r"^\$|Thunk|Pjit|Execute|ParseArguments|Await|ThreadpoolListener|"
                        r"PjRt|Handle |Allocate|Wait for|CollectGarbage|CreateOutputs|^end: ")
+
+
+# What kind of work an operation or kernel name is, first match wins (cuDNN, cuBLAS and XLA:GPU
+# kernel names; XLA:CPU fusions and its YNNPACK/XNNPACK/oneDNN library calls).
+_CATEGORIES = [(re.compile(p, re.IGNORECASE), label) for p, label in (
+    (r"fprop|convfwd", "convolution forward"),
+    (r"dgrad|convbwddata", "convolution input gradient"),
+    (r"wgrad|convbwdfilter", "convolution kernel gradient"),
+    (r"^(ynn|xnn|onednn)_", "CPU library call (convolutions, products)"),
+    (r"conv(?!ert)|cudnn", "convolution, other"),
+    (r"gemm|nvjet|matmul|cublas|^dot|triton", "matrix product"),
+    (r"transpose", "transpose fusion"),
+    (r"concatenate|^stack", "concatenate fusion"),  # XLA:CPU names jnp.stack's concatenate so
+    (r"reduce|reduction", "reduction fusion"),
+    (r"memcpy|memset|^copy", "copy / memset"),
+    (r"fusion|^wrapped_", "elementwise / other fusion"),
+)]
+
+
+def category(name: str) -> str:
+  """The kind of work an operation or kernel named `name` is (see `_CATEGORIES`)."""
+  return next((label for pattern, label in _CATEGORIES if pattern.search(name)), "other")
 
 
 def trace(call: Callable[[], Any], sync: Callable[[Any], Any], directory: str, calls: int) -> str:
@@ -74,17 +97,23 @@ def summarize(trace_file: str, calls: int, top: int = 12) -> Dict[str, Any]:
       continue
     time_us[e["name"]] += e["dur"]
     count[e["name"]] += 1
-  kinds = collections.Counter()
+  kinds, categories = collections.Counter(), collections.Counter()
   for name, us in time_us.items():
     kinds[re.sub(r"([._]\d+)+$", "", name)] += us
+    categories[category(name)] += us
   per_call = lambda us: round(us / 1e3 / calls, 3)
   return {"ops": [[n, per_call(us), count[n] / calls] for n, us in time_us.most_common(top)],
           "kinds": [[k, per_call(us)] for k, us in kinds.most_common(top)],
+          "categories": [[c, per_call(us)] for c, us in categories.most_common()],
           "total_ms": per_call(sum(time_us.values())),
+          "launches": sum(count.values()) / calls,
           "lines": [[n, per_call(us)] for n, us in line_us.most_common(top)]}
 
 
 def format_summary(case: str, summary: Dict[str, Any]) -> str:
-  lines = [f"{case}: traced ops {summary['total_ms']:.1f} ms per call (all threads/streams)"]
+  lines = [f"{case}: traced ops {summary['total_ms']:.1f} ms per call (all threads/streams), "
+           f"{summary['launches']:.0f} operations per call"]
+  lines += [f"  {ms:9.3f} ms  {label}" for label, ms in summary["categories"]]
+  lines.append("  largest kinds:")
   lines += [f"  {ms:9.3f} ms  {kind[:110]}" for kind, ms in summary["kinds"]]
   return "\n".join(lines)
