@@ -68,6 +68,50 @@ def test_instance_norm_matches_torch(rng):
   np.testing.assert_allclose(y, _to_nhwc(ref(_to_nchw(x))), atol=ATOL)
 
 
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_instance_norm_gradient_matches_torch_autograd(rng, per_sample):
+  # The written-out VJP against torch's autograd of the same normalisation, with a ReLU after it
+  # (as in every network here) so that the incoming gradient is not smooth.
+  b, c = 3, 4
+  x = rng.normal(size=(b, 6, 5, c)).astype(np.float32) * 2 + 0.5
+  shape = (b, c) if per_sample else (c,)
+  scale = rng.normal(size=shape).astype(np.float32)
+  bias = rng.normal(size=shape).astype(np.float32)
+  up = rng.normal(size=x.shape).astype(np.float32)
+
+  def loss(x, scale, bias):
+    return jnp.sum(jax.nn.relu(jnn.instance_norm(x, scale, bias, 1e-5)) * up)
+
+  value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, scale, bias)
+  tx, ts, tb = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, scale, bias))
+  t_hwc = tx.permute(0, 3, 1, 2)
+  mean = t_hwc.mean(dim=(2, 3), keepdim=True)
+  var = t_hwc.var(dim=(2, 3), unbiased=False, keepdim=True)
+  view = (b if per_sample else 1, c, 1, 1)
+  out = (t_hwc - mean) / torch.sqrt(var + 1e-5) * ts.reshape(view) + tb.reshape(view)
+  ref = (torch.relu(out) * _to_nchw(up).double()).sum()
+  ref.backward()
+  np.testing.assert_allclose(value, ref.item(), rtol=1e-5)
+  for got, want in zip(grads, (tx.grad, ts.grad, tb.grad)):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_instance_norm_gradient_bf16(rng):
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)) * 3 + 2, jnp.bfloat16)
+  up = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+
+  def loss(x, dtype):
+    return jnp.sum(jnn.instance_norm(x, None, None, 1e-5, dtype).astype(jnp.float32) * up)
+
+  g16 = jax.grad(loss)(x, jnp.bfloat16)
+  g32 = jax.grad(loss)(x.astype(jnp.float32), jnp.float32)
+  assert g16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(g16, np.float32), g32, atol=0.05 * float(jnp.abs(g32).max()))
+  # Normalisation removes the mean and scale: the gradient has no component along them.
+  np.testing.assert_allclose(jnp.sum(g32, axis=(1, 2)), 0.0, atol=1e-4)
+
+
 def test_instance_norm_bf16_uses_f32_statistics():
   # A large offset with a tiny spread: bf16 statistics would round the spread away entirely.
   x = (1000.0 + jnp.linspace(0.0, 1.0, 64).reshape(1, 8, 8, 1)).astype(jnp.float32)

@@ -5,5 +5,5 @@ Method-specific layers live in their own modules (`adaptive`, `bottleneck`, `com
 """
 from jaxstyle.nn.conv import (ConvLayer, ConvTranspose, UpsampleConv, pad_spatial, per_sample_conv,
                               reflect_pad, upsample_nearest)
-from jaxstyle.nn.norms import InstanceNorm, instance_stats
+from jaxstyle.nn.norms import InstanceNorm, instance_norm, instance_stats
 from jaxstyle.nn.residual import ResidualBlock

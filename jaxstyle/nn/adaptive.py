@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxstyle.nn import norms
+
 Array = jax.Array
 
 
@@ -149,8 +151,6 @@ class ConditionalInstanceNorm(nn.Module):
         gamma, beta = style @ scale, style @ bias
     elif gamma is None or beta is None:
       raise ValueError("ConditionalInstanceNorm without a style table needs `gamma` and `beta`")
-    mean, std = channel_mean_std(x, self.epsilon)
-    x_hat = (x.astype(jnp.float32) - mean) / std
-    gamma = jnp.asarray(gamma, jnp.float32)[:, None, None, :]
-    beta = jnp.asarray(beta, jnp.float32)[:, None, None, :]
-    return (x_hat * gamma + beta).astype(self.dtype or x.dtype)
+    return norms.instance_norm(x, jnp.asarray(gamma, jnp.float32).reshape(-1, channels),
+                               jnp.asarray(beta, jnp.float32).reshape(-1, channels), self.epsilon,
+                               self.dtype)
