@@ -48,6 +48,10 @@ _PROFILE_DIR = flags.DEFINE_string(
     "profile_dir", None, "Trace --profile_calls more JAX calls of every case with jax.profiler "
     "into this directory (after timing) and log/report the operations that took the time.")
 _PROFILE_CALLS = flags.DEFINE_integer("profile_calls", 3, "Calls traced per case (--profile_dir).")
+_CPU_PROGRAM_OPTIONS = flags.DEFINE_bool(
+    "cpu_program_options", True, "Compile the cases whose library functions pass XLA options on "
+    "the CPU (jaxstyle.xla_options: Johnson, AdaIN and Magenta inference) with them, as the "
+    "library does; --nocpu_program_options times them without (before/after).")
 
 
 def _ints(name, values):
@@ -67,7 +71,8 @@ def build_config() -> runner.BenchmarkConfig:
       repeats=_REPEATS.value, warmup=_WARMUP.value, rounds=_ROUNDS.value, torch_modes=torch_modes,
       kinds=tuple(_KINDS.value), optimizers=tuple(_OPTIMIZERS.value),
       cases=tuple(_CASES.value), width=_WIDTH.value, profile_dir=_PROFILE_DIR.value,
-      profile_calls=_PROFILE_CALLS.value).validate()
+      profile_calls=_PROFILE_CALLS.value,
+      cpu_program_options=_CPU_PROGRAM_OPTIONS.value).validate()
 
 
 def main(argv):

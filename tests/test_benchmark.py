@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxstyle import xla_options
 from jaxstyle.benchmark import report
 from jaxstyle.benchmark import runner
 from jaxstyle.benchmark.case import Case, TorchTwin
@@ -32,6 +33,7 @@ def test_tiny_run_writes_json_csv_and_passes_torch_check(tmp_path):
   assert (row["case"], row["resolution"], row["batch"], row["unit"]) == (
       "johnson/inference", 32, 1, "images/s")
   assert row["torch_check"]["ok"] and row["torch_check"]["max_err"] <= row["torch_check"]["tolerance"]
+  assert row["compiler_options"] == xla_options.SMALL_DOTS  # what johnson.inference compiles with
   jax_row = row["jax"]
   for key in ("throughput", "seconds", "ms_per_image", "compile_seconds", "flops", "xla_flops",
               "flops_per_second", "xla_bytes"):

@@ -1,6 +1,6 @@
 """What one benchmark measurement is: a JAX computation, its work per call, and its PyTorch twin."""
 import dataclasses
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -43,6 +43,8 @@ class Case:
     fresh_args: new arguments for that checking call (donation consumes the timing ones).
     torch: optional factory `() -> TorchTwin` (built only when torch timing is requested).
     note: free text shown in the JSON.
+    compiler_options: XLA options of the library's own jit of this computation on the CPU
+      (`xla_options.jit`'s `cpu_options`), so that the benchmark compiles what the library runs.
   """
   method: str
   kind: str
@@ -56,6 +58,7 @@ class Case:
   fresh_args: Optional[Callable[[], Tuple[Any, ...]]] = None
   torch: Optional[Callable[[], TorchTwin]] = None
   note: str = ""
+  compiler_options: Optional[Dict[str, str]] = None
 
   @property
   def name(self) -> str:

@@ -139,11 +139,12 @@ class JaxBench:
   each call.
   """
 
-  def __init__(self, fn: Callable, args: Sequence[Any], *, donate_argnums=(), carry: bool = False):
+  def __init__(self, fn: Callable, args: Sequence[Any], *, donate_argnums=(), carry: bool = False,
+               compiler_options: Optional[dict] = None):
     jitted = jax.jit(fn, donate_argnums=donate_argnums)
     t0 = time.perf_counter()
     traced = jitted.trace(*args)
-    self.compiled = traced.lower().compile()
+    self.compiled = traced.lower().compile(compiler_options=compiler_options)
     self.compile_seconds = time.perf_counter() - t0
     self.flops = flops_lib.count_jaxpr(traced.jaxpr) or None
     self.xla_flops = _flops(self.compiled)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxstyle import vgg
+from jaxstyle import xla_options
 from jaxstyle.benchmark.case import Case
 from jaxstyle.train import loop
 
@@ -141,7 +142,8 @@ def johnson_cases(size, batch, dtype, kinds, width=1.0) -> List[Case]:
 
     out.append(Case("johnson", "inference", "", infer, (params, x), batch,
                     reference=lambda y: y, fresh_args=lambda: (params, x),
-                    torch=_inference_twin("johnson_twin", config, params, x, dtype)))
+                    torch=_inference_twin("johnson_twin", config, params, x, dtype),
+                    compiler_options=xla_options.SMALL_DOTS))
   if "train" in kinds:
     style = np.asarray(train_images(2, 1, size)[0])
     trainer = johnson.JohnsonTrainer(config, random_vgg16(width), style, dtype=dtype)
@@ -201,7 +203,8 @@ def adain_cases(size, batch, dtype, kinds, width=1.0) -> List[Case]:
     out.append(Case("adain", "inference", "", infer, (params, encoder, x, style), batch,
                     reference=lambda y: y, fresh_args=lambda: (params, encoder, x, style),
                     torch=_inference_twin("adain_twin", config, encoder, params, x, style, dtype),
-                    note="encodes content and style per image"))
+                    note="encodes content and style per image",
+                    compiler_options=xla_options.SMALL_DOTS))
   if "train" in kinds:
     trainer = adain.AdaINTrainer(config, random_vgg16(width), dtype=dtype)
     b = {"content": train_images(0, batch, size), "style": train_images(2, batch, size)}
@@ -258,7 +261,9 @@ def magenta_cases(size, batch, dtype, kinds, width=1.0) -> List[Case]:
                     reference=lambda y: y, fresh_args=lambda: (params, loss_net, x, style),
                     torch=_inference_twin("magenta_twin", config, loss_net, params, x, style,
                                           dtype),
-                    note="style prediction (VGG) + transformer per image"))
+                    note="style prediction (VGG) + transformer per image; the CPU options "
+                    "of the library's transformer program apply to the whole case",
+                    compiler_options=xla_options.SMALL_DOTS))
   if "train" in kinds:
     trainer = magenta.MagentaTrainer(config, random_vgg16(width), dtype=dtype)
     out.append(train_case("magenta", trainer, {"content": x, "style": style}, batch,

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jaxstyle import api
 from jaxstyle import compile_cache
 from jaxstyle import hostmem
+from jaxstyle import xla_options
 from jaxstyle.benchmark import harness
 from jaxstyle.benchmark import model_cases
 from jaxstyle.benchmark import optim_cases
@@ -51,6 +52,8 @@ class BenchmarkConfig:
     profile_dir: if set, trace `profile_calls` more JAX calls of every case there (after timing)
       and add a per-operation summary to its row (`profile.summarize`).
     profile_calls: calls per profiled case.
+    cpu_program_options: compile the cases whose library functions pass XLA options on the CPU
+      (`jaxstyle.xla_options`) with them, as the library does; False times them without.
   """
   methods: Sequence[str] = tuple(api.METHODS)
   resolutions: Sequence[int] = (256,)
@@ -66,6 +69,7 @@ class BenchmarkConfig:
   width: float = 1.0
   profile_dir: Optional[str] = None
   profile_calls: int = 3
+  cpu_program_options: bool = True
 
   def validate(self) -> "BenchmarkConfig":
     for m in self.methods:
@@ -152,8 +156,11 @@ def run_case(case: Case, config: BenchmarkConfig, size: int, log: Callable[[str]
          "dtype": "float32" if case.kind == "optim" else config.dtype, "note": case.note}
   log(f"{case.name} {size}px batch {case.batch}: compiling")
   try:
+    options = xla_options.for_cpu(case.compiler_options)
+    if options:
+      row["compiler_options"] = options
     bench = harness.JaxBench(case.fn, case.args, donate_argnums=case.donate_argnums,
-                             carry=case.carry)
+                             carry=case.carry, compiler_options=options)
   except Exception as e:  # pylint: disable=broad-except
     row["error"] = _first_line(e)
     return row
@@ -241,6 +248,7 @@ def torch_available() -> bool:
 def run(config: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
   """Runs every case of `config`; returns {'environment': ..., 'results': [row, ...]}."""
   config.validate()
+  xla_options.set_enabled(config.cpu_program_options)
   torch_threads = None
   if config.torch_modes:
     if not torch_available():

@@ -17,6 +17,7 @@ import numpy as np
 from jaxstyle import api
 from jaxstyle import image
 from jaxstyle import vgg
+from jaxstyle import xla_options
 from jaxstyle.errors import CheckpointError
 from jaxstyle.errors import ConfigError
 from jaxstyle.methods import controls
@@ -74,12 +75,13 @@ def load(workdir: str, *, loss_net: Optional[vgg.LossNet] = None
   return model, params, config
 
 
-@jax.jit
+@functools.partial(xla_options.jit, cpu_options=xla_options.SMALL_DOTS)
 def _encode(encoder: vgg.LossNet, x: jax.Array) -> jax.Array:
   return encode(encoder, x)[ENCODER_LAYER]
 
 
-@functools.partial(jax.jit, static_argnames=("decoder",))
+@functools.partial(xla_options.jit, cpu_options=xla_options.SMALL_DOTS,
+                   static_argnames=("decoder",))
 def _decode(decoder: Decoder, params: Any, t: jax.Array) -> jax.Array:
   return decoder.apply({"params": params}, t)
 

@@ -2,12 +2,12 @@
 import functools
 from typing import Any, Tuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxstyle import api
 from jaxstyle import image
+from jaxstyle import xla_options
 from jaxstyle.errors import ConfigError
 from jaxstyle.methods.johnson.model import JohnsonConfig
 from jaxstyle.methods.johnson.model import TransformerNet
@@ -34,7 +34,7 @@ def load(workdir: str) -> Tuple[TransformerNet, Any, JohnsonConfig]:
   return TransformerNet(config), params, config
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(xla_options.jit, cpu_options=xla_options.SMALL_DOTS, static_argnames=("model",))
 def _apply(model, params, x):
   return model.apply({"params": params}, x)
 

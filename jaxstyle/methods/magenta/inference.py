@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxstyle import api
 from jaxstyle import vgg
+from jaxstyle import xla_options
 from jaxstyle.errors import CheckpointError
 from jaxstyle.errors import ConfigError
 from jaxstyle.methods import controls
@@ -83,7 +84,7 @@ def _embed(net, params, loss_net, x01, layers):
   return net.apply({"params": params}, pooled_features(feats, layers), method="embed")
 
 
-@functools.partial(jax.jit, static_argnames=("net",))
+@functools.partial(xla_options.jit, cpu_options=xla_options.SMALL_DOTS, static_argnames=("net",))
 def _transform(net, params, content01, embedding):
   return net.apply({"params": params}, content01, embedding, method="transform")
 
