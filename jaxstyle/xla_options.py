@@ -22,9 +22,9 @@ _enabled = True
 
 
 def set_enabled(enabled: bool) -> None:
-  """Turns the per-program CPU options on or off (the benchmark's before/after switch).
+  """Turns the CPU options of `jit` functions on or off (to compare, or to rule them out).
 
-  Programs already compiled keep the options they were compiled with.
+  Takes effect at their next call: each keeps one compiled program per option set.
   """
   global _enabled
   _enabled = bool(enabled)

@@ -98,9 +98,6 @@ def test_benchmark_switch_times_cases_without_the_options():
   config = runner.BenchmarkConfig(methods=("johnson",), resolutions=(32,), batch_sizes=(1,),
                                   repeats=1, warmup=0, rounds=1, torch_modes=(),
                                   kinds=("inference",), width=0.25, cpu_program_options=False)
-  try:
-    (row,) = runner.run(config, log=lambda msg: None)["results"]
-  finally:
-    xla_options.set_enabled(True)
+  (row,) = runner.run(config, log=lambda msg: None)["results"]
   assert "error" not in row, row
   assert "compiler_options" not in row

@@ -156,7 +156,7 @@ def run_case(case: Case, config: BenchmarkConfig, size: int, log: Callable[[str]
          "dtype": "float32" if case.kind == "optim" else config.dtype, "note": case.note}
   log(f"{case.name} {size}px batch {case.batch}: compiling")
   try:
-    options = xla_options.for_cpu(case.compiler_options)
+    options = xla_options.for_cpu(case.compiler_options) if config.cpu_program_options else None
     if options:
       row["compiler_options"] = options
     bench = harness.JaxBench(case.fn, case.args, donate_argnums=case.donate_argnums,
@@ -248,7 +248,6 @@ def torch_available() -> bool:
 def run(config: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
   """Runs every case of `config`; returns {'environment': ..., 'results': [row, ...]}."""
   config.validate()
-  xla_options.set_enabled(config.cpu_program_options)
   torch_threads = None
   if config.torch_modes:
     if not torch_available():
