@@ -53,19 +53,24 @@ def jit(fun: Optional[Callable] = None, *, cpu_options: Mapping[str, Any], **jit
   """`jax.jit(fun, **jit_kwargs)`, compiled with `cpu_options` when it runs on the CPU backend.
 
   The backend is looked up at call time (not at import, which would initialise JAX before a user
-  can pick a platform); one `jax.jit` per distinct option set is kept. Usable as a decorator:
+  can pick a platform); one `jax.jit` per distinct option set is kept, and `.current()` returns
+  the one a call would use now (for `.lower(...)`). Usable as a decorator:
   `@functools.partial(xla_options.jit, cpu_options=SMALL_DOTS, static_argnames=...)`.
   """
   if fun is None:
     return functools.partial(jit, cpu_options=cpu_options, **jit_kwargs)
   variants: Dict[Any, Callable] = {}
 
-  @functools.wraps(fun)
-  def call(*args, **kwargs):
+  def current():
     options = for_cpu(cpu_options)
     key = None if options is None else tuple(sorted(options.items()))
     if key not in variants:
       variants[key] = jax.jit(fun, compiler_options=options, **jit_kwargs)
-    return variants[key](*args, **kwargs)
+    return variants[key]
 
+  @functools.wraps(fun)
+  def call(*args, **kwargs):
+    return current()(*args, **kwargs)
+
+  call.current = current
   return call

@@ -1,7 +1,6 @@
 """Per-program XLA:CPU options: applied on the CPU only, to the programs that ask for them, and
 they change the compiled program (Winograd tile products leave YNNPACK) but not its results."""
 import functools
-
 import logging
 
 import jax
@@ -35,6 +34,19 @@ def test_small_dots_move_winograd_products_out_of_ynnpack():
     pytest.skip("this XLA:CPU does not hand dots to YNNPACK: the option has nothing to move")
   assert _ynn_fusions(tuned) < _ynn_fusions(default)
   np.testing.assert_allclose(tuned(x, u), default(x, u), rtol=1e-5, atol=1e-4)
+
+
+def test_library_programs_compile_with_the_options():
+  # Johnson's stylization program, as `stylize` runs it, against the same function plainly jitted.
+  model = johnson.TransformerNet(johnson.JohnsonConfig(width=0.25))
+  x = jnp.zeros((1, 32, 32, 3))
+  params = model.init(jax.random.key(0), x)["params"]
+  apply = johnson_inference._apply  # pylint: disable=protected-access
+  tuned = apply.current().lower(model, params, x).compile()
+  plain = jax.jit(apply.__wrapped__, static_argnames=("model",)).lower(model, params, x).compile()
+  if not _ynn_fusions(plain):
+    pytest.skip("this XLA:CPU does not hand dots to YNNPACK: the option has nothing to move")
+  assert _ynn_fusions(tuned) < _ynn_fusions(plain)
 
 
 def test_options_only_on_the_cpu_and_only_when_enabled(monkeypatch):
