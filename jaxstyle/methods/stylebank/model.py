@@ -190,9 +190,8 @@ class StyleBankNet:
     for i in range(self.config.bank_layers):
       if i:
         norm = p[f"norm{i}"]
-        mean, std = jsnn.instance_stats(f)
-        f = (f.astype(jnp.float32) - mean) / std * norm["scale"][:, None, None] + norm["bias"][:, None, None]
-        f = nn.relu(f).astype(self.dtype or f.dtype)
+        f = jsnn.instance_norm(f, norm["scale"], norm["bias"], dtype=jnp.float32)
+        f = nn.relu(f).astype(self.dtype or jnp.float32)
       conv = p[f"conv{i + 1}"]["conv"]
       f = jsnn.per_sample_conv(f, conv["kernel"], conv["bias"], dtype=self.dtype)
     return f
