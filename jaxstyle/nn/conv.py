@@ -15,7 +15,7 @@ from flax.linen.dtypes import promote_dtype
 import jax
 import jax.numpy as jnp
 
-from jaxstyle.nn import winograd
+from jaxstyle.nn import subpixel, winograd
 
 Array = jax.Array
 
@@ -166,9 +166,9 @@ class ConvLayer(nn.Module):
   wide-kernel RGB layers as stacked shifts (`_stack_shifts`) and the rest padded (`valid_padding`);
   the parameters are always those of an `nn.Conv` named 'conv'.
 
-  `[B, H, W, Cin] -> [B, (H + 2p - k) // s + 1, ..., features]` with `p = pad` (default
-  `kernel_size // 2`, which keeps `ceil(H / s)` for odd kernels) for 'reflect'/'zero' padding; 'none'
-  means p = 0.
+  `[B, H, W, Cin] -> [B, (uH + 2p - k) // s + 1, ..., features]` with `u = upsample` and
+  `p = pad` (default `kernel_size // 2`, which keeps `ceil(uH / s)` for odd kernels) for
+  'reflect'/'zero' padding; 'none' means p = 0.
 
   Attributes:
     features: output channels.
@@ -180,6 +180,9 @@ class ConvLayer(nn.Module):
     kernel_init: kernel initialiser (TSPR uses N(0, 0.02), the others Flax's default).
     pad: pixels per side for 'reflect'/'zero' (None = `kernel_size // 2`); e.g. 1 for the 4x4
       PatchGAN discriminator convolutions (`Conv2d(k=4, padding=1)`).
+    upsample: integer nearest-neighbour upsampling of the input before padding (1 = none). 3x3
+      layers after 2x upsampling run at the input resolution (`subpixel`), 1x1 layers convolve
+      before upsampling; both give the same result as upsampling first.
   """
   features: int
   kernel_size: int
@@ -189,26 +192,39 @@ class ConvLayer(nn.Module):
   dtype: Optional[Any] = None
   kernel_init: Callable = nn.linear.default_kernel_init
   pad: Optional[int] = None
+  upsample: int = 1
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    x = pad_spatial(x, self.kernel_size // 2 if self.pad is None else self.pad, self.padding)
+    pad = self.kernel_size // 2 if self.pad is None else self.pad
+    if self.upsample > 1 and subpixel.applies(self.kernel_size, self.upsample, self.strides,
+                                              self.padding, pad):
+      kernel, bias = _ConvParams(self.features, 3, self.use_bias, self.kernel_init,
+                                 name="conv")(x.shape[-1])
+      x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+      return subpixel.upsample_conv3x3(x, kernel, bias, self.padding)
+    pointwise_first = subpixel.commutes(self.kernel_size, self.strides, self.padding, pad)
+    if self.upsample > 1 and not pointwise_first:
+      x = upsample_nearest(x, self.upsample)
+    x = pad_spatial(x, pad, self.padding)
     if self.kernel_size == 1 and jax.default_backend() == "cpu":
       kernel, bias = _ConvParams(self.features, 1, self.use_bias, self.kernel_init,
                                  name="conv")(x.shape[-1])
-      return _pointwise_conv(x, kernel, bias, self.strides, self.dtype)
-    if winograd.applies(x.shape[-1], self.features, self.kernel_size, self.strides, self.dtype):
-      return winograd_conv(x, self.features, name="conv", use_bias=self.use_bias,
-                           kernel_init=self.kernel_init, dtype=self.dtype)
-    if _stack_shifts(x.shape[-1], self.kernel_size, self.strides):
+      y = _pointwise_conv(x, kernel, bias, self.strides, self.dtype)
+    elif winograd.applies(x.shape[-1], self.features, self.kernel_size, self.strides, self.dtype):
+      y = winograd_conv(x, self.features, name="conv", use_bias=self.use_bias,
+                        kernel_init=self.kernel_init, dtype=self.dtype)
+    elif _stack_shifts(x.shape[-1], self.kernel_size, self.strides):
       kernel, bias = _ConvParams(self.features, self.kernel_size, self.use_bias, self.kernel_init,
                                  name="conv")(x.shape[-1])
-      return _shifted_conv(x, kernel, bias, self.dtype)
-    y = nn.Conv(
-        self.features, (self.kernel_size, self.kernel_size), strides=(self.strides, self.strides),
-        padding=valid_padding(), use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=self.kernel_init, name="conv")(x)
-    return crop_valid(y, x.shape[1:3], self.kernel_size, self.strides)
+      y = _shifted_conv(x, kernel, bias, self.dtype)
+    else:
+      y = nn.Conv(
+          self.features, (self.kernel_size, self.kernel_size), strides=(self.strides,) * 2,
+          padding=valid_padding(), use_bias=self.use_bias, dtype=self.dtype,
+          param_dtype=jnp.float32, kernel_init=self.kernel_init, name="conv")(x)
+      y = crop_valid(y, x.shape[1:3], self.kernel_size, self.strides)
+    return upsample_nearest(y, self.upsample) if pointwise_first else y
 
 
 class UpsampleConv(nn.Module):
@@ -237,9 +253,8 @@ class UpsampleConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    x = upsample_nearest(x, self.upsample)
     return ConvLayer(self.features, self.kernel_size, self.strides, self.padding, self.use_bias,
-                     self.dtype, self.kernel_init, name="conv_layer")(x)
+                     self.dtype, self.kernel_init, upsample=self.upsample, name="conv_layer")(x)
 
 
 class ConvTranspose(nn.Module):

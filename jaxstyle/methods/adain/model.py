@@ -84,12 +84,13 @@ class Decoder(nn.Module):
     x = t.astype(self.dtype or jnp.float32)
     x = nn.relu(conv.ConvLayer(c[2], 3, dtype=self.dtype, name="conv4_1")(x))
     for block in (3, 2, 1):
-      x = conv.upsample_nearest(x, 2)
       convs = vgg.BLOCKS[self.depth][block - 1]
       for i in range(convs, 0, -1):  # mirror order: conv{b}_{n} ... conv{b}_1
         last_of_block = i == 1
         features = (c[block - 2] if block > 1 else 3) if last_of_block else c[block - 1]
-        x = conv.ConvLayer(features, 3, dtype=self.dtype, name=f"conv{block}_{i}")(x)
+        # Each block starts with 2x nearest upsampling, run inside its first convolution.
+        x = conv.ConvLayer(features, 3, dtype=self.dtype, upsample=2 if i == convs else 1,
+                           name=f"conv{block}_{i}")(x)
         if not (block == 1 and last_of_block):
           x = nn.relu(x)
     return x.astype(jnp.float32)
