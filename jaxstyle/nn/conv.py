@@ -201,7 +201,8 @@ class ConvLayer(nn.Module):
                                               self.padding, pad):
       kernel, bias = _ConvParams(self.features, 3, self.use_bias, self.kernel_init,
                                  name="conv")(x.shape[-1])
-      x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+      # The kernel stays in its parameter dtype: its taps are summed before the cast.
+      x, _, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
       return subpixel.upsample_conv3x3(x, kernel, bias, self.padding)
     pointwise_first = subpixel.commutes(self.kernel_size, self.strides, self.padding, pad)
     if self.upsample > 1 and not pointwise_first:

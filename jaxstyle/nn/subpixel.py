@@ -70,8 +70,9 @@ def upsample_conv3x3(x: Array, kernel: Array, bias: Optional[Array] = None,
 
   Args:
     x: `[B, H, W, Cin]`.
-    kernel: `[3, 3, Cin, Cout]` (HWIO, cross-correlation like `lax.conv`), in `x`'s dtype.
-    bias: optional `[Cout]`.
+    kernel: `[3, 3, Cin, Cout]` (HWIO, cross-correlation like `lax.conv`); its taps are summed in
+      its own dtype (float32 parameters), then cast to `x`'s (the compute dtype).
+    bias: optional `[Cout]`, in `x`'s dtype.
     padding: padding of the upsampled map, 'reflect' or 'zero' (one pixel per side).
   Returns:
     `[B, 2H, 2W, Cout]`.
@@ -80,7 +81,7 @@ def upsample_conv3x3(x: Array, kernel: Array, bias: Optional[Array] = None,
     raise ValueError(f"padding must be one of {tuple(_INPUT_PAD)}, got {padding!r}")
   b, h, w, c = x.shape
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=_INPUT_PAD[padding])
-  pk = phase_kernel(kernel)
+  pk = phase_kernel(kernel).astype(x.dtype)
   if jax.default_backend() == "cpu":
     # One matmul over the 4 stacked shifts: on XLA:CPU 1.1-2x faster than the 2x2 convolution
     # and than Winograd on the upsampled map (see docs/benchmarks.md).
