@@ -46,7 +46,10 @@ def test_tiny_run_writes_json_csv_and_passes_torch_check(tmp_path):
   with open(paths[1]) as f:
     header = f.readline().strip().split(",")
   assert {"case", "jax_throughput", "torch_eager_throughput", "ratio_eager"} <= set(header)
-  assert "johnson/inference" in report.format_table(data)
+  for key in ("speed_probe", "speed_probe_end"):  # the machine's speed at start and end
+    assert env[key]["size"] == 512 and env[key]["gflops"] > 0 and env[key]["gbps"] > 0
+  table = report.format_table(data)
+  assert "johnson/inference" in table and "speed probe: 512^3 float32 matmul " in table
   png = report.plot(data, str(tmp_path / "bench.png"), log=lambda msg: None)
   assert os.path.getsize(png) > 0
 

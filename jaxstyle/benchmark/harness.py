@@ -8,6 +8,7 @@ import time
 from typing import Any, Callable, List, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxstyle.benchmark import flops as flops_lib
@@ -71,6 +72,40 @@ def _flops(compiled) -> Optional[float]:
     analysis = analysis[0] if analysis else None
   flops = (analysis or {}).get("flops")
   return float(flops) if flops and flops > 0 else None
+
+
+def _median_seconds(fn, args, seconds: float) -> float:
+  """Median seconds of `fn(*args)` over the calls made in `seconds`, after as long of warm-up
+  (which wakes the thread pool and the clocks)."""
+  def timed():
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - t0
+
+  deadline = time.perf_counter() + seconds
+  while time.perf_counter() < deadline:
+    timed()
+  times, deadline = [], time.perf_counter() + seconds
+  while time.perf_counter() < deadline or len(times) < 10:
+    times.append(timed())
+  return float(np.median(times))
+
+
+def speed_probe(size: Optional[int] = None, seconds: float = 0.2) -> dict:
+  """How fast the device is right now: a float32 `size`^3 matmul (compute) and an elementwise
+  pass over 128 MiB (memory bandwidth, read + write), each timed for `seconds`.
+
+  The benchmark runs it at the start and at the end: on a shared machine (a VM whose neighbours
+  come and go) a whole run can be 40% slower one hour than the next, which moves the absolute
+  numbers and, where the libraries suffer unequally, the ratios. The probe can show such a phase.
+  """
+  size = size or (512 if jax.default_backend() == "cpu" else 4096)
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  matmul = jax.jit(jnp.matmul).lower(a, a).compile()
+  big = jnp.zeros((1 << 25,), jnp.float32)
+  stream = jax.jit(lambda x: x * 0.5 + 1.0).lower(big).compile()
+  return {"size": size, "gflops": 2 * size ** 3 / _median_seconds(matmul, (a, a), seconds) / 1e9,
+          "gbps": 2 * big.nbytes / _median_seconds(stream, (big,), seconds) / 1e9}
 
 
 def _peak_bytes() -> Optional[int]:

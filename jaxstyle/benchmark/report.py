@@ -61,6 +61,12 @@ def format_table(report: dict) -> str:
   if "load_average" in env:
     lines.append(f"load average at start {env['load_average'][0]:.1f}, at end "
                  f"{env.get('load_average_end', [float('nan')])[0]:.1f}")
+  if "speed_probe" in env:
+    probe, end = env["speed_probe"], env.get("speed_probe_end", {})
+    nan = float("nan")
+    lines.append(f"speed probe: {probe['size']}^3 float32 matmul {probe['gflops']:.0f} GFLOP/s at "
+                 f"start, {end.get('gflops', nan):.0f} at end; 128 MiB elementwise pass "
+                 f"{probe['gbps']:.1f} GB/s at start, {end.get('gbps', nan):.1f} at end")
   lines.append("x eager / x compile: jaxstyle throughput / PyTorch throughput, timed in "
                "interleaved rounds of the same run (median per call)")
   notes = [(r["case"], "error: " + r["error"][:160]) for r in report["results"] if r.get("error")]

@@ -235,6 +235,7 @@ def environment(config: BenchmarkConfig, torch_threads: Optional[int]) -> dict:
          "config": dataclasses.asdict(config)}
   if hasattr(os, "getloadavg"):
     env["load_average"] = list(os.getloadavg())
+  env["speed_probe"] = harness.speed_probe()
   if config.torch_modes:
     import torch  # pylint: disable=g-import-not-at-top
     env["torch"] = torch.__version__
@@ -272,4 +273,5 @@ def run(config: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
           report["results"].append(run_case(case, config, int(size), log))
   if hasattr(os, "getloadavg"):
     report["environment"]["load_average_end"] = list(os.getloadavg())
+  report["environment"]["speed_probe_end"] = harness.speed_probe()
   return report
