@@ -6,10 +6,8 @@ real: 32 px images and 2 optimiser steps keep it fast. The subprocesses run conc
 each mostly waits on the JAX import.
 """
 import os
-import struct
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
@@ -19,20 +17,12 @@ from jaxstyle import image as image_lib
 from jaxstyle import vgg
 from pretrained import converted
 
+from _launcher_cases import png_header_only
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "launch", "stylize.py")
 SMALL = ["--size=32", "--steps=2", "--optimizer=adam",
          "--set=content_layers=relu2_2", "--set=style_layers=relu1_1,relu2_1"]
-
-
-def _png_header_only(path, w, h):
-  def chunk(kind, payload):
-    return (struct.pack(">I", len(payload)) + kind + payload
-            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
-  ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-  with open(path, "wb") as f:
-    f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 8))
-            + chunk(b"IEND", b""))
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +47,7 @@ def files(tmp_path_factory):
   open(p["cut.png"], "wb").write(data[: len(data) // 2])
   open(p["notes.jpg"], "w").write("not an image\n")
   open(p["file.txt"], "w").write("x")
-  _png_header_only(p["bomb.png"], 15000, 15000)
+  png_header_only(p["bomb.png"], 15000, 15000)
   p["dir"] = str(d)
   return p
 

@@ -74,23 +74,6 @@ def _flops(compiled) -> Optional[float]:
   return float(flops) if flops and flops > 0 else None
 
 
-def _median_seconds(fn, args, seconds: float) -> float:
-  """Median seconds of `fn(*args)` over the calls made in `seconds`, after as long of warm-up
-  (which wakes the thread pool and the clocks)."""
-  def timed():
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    return time.perf_counter() - t0
-
-  deadline = time.perf_counter() + seconds
-  while time.perf_counter() < deadline:
-    timed()
-  times, deadline = [], time.perf_counter() + seconds
-  while time.perf_counter() < deadline or len(times) < 10:
-    times.append(timed())
-  return float(np.median(times))
-
-
 def speed_probe(size: Optional[int] = None, seconds: float = 0.2) -> dict:
   """How fast the device is right now: a float32 `size`^3 matmul (compute) and an elementwise
   pass over 128 MiB (memory bandwidth, read + write), each timed for `seconds`.
@@ -104,8 +87,12 @@ def speed_probe(size: Optional[int] = None, seconds: float = 0.2) -> dict:
   matmul = jax.jit(jnp.matmul).lower(a, a).compile()
   big = jnp.zeros((1 << 25,), jnp.float32)
   stream = jax.jit(lambda x: x * 0.5 + 1.0).lower(big).compile()
-  return {"size": size, "gflops": 2 * size ** 3 / _median_seconds(matmul, (a, a), seconds) / 1e9,
-          "gbps": 2 * big.nbytes / _median_seconds(stream, (big,), seconds) / 1e9}
+
+  def median_seconds(fn, *args):  # after as long of warm-up, which wakes the threads and clocks
+    _timed_loop(lambda: fn(*args), jax.block_until_ready, 1, seconds)
+    return float(np.median(_timed_loop(lambda: fn(*args), jax.block_until_ready, 10, seconds)))
+  return {"size": size, "gflops": 2 * size ** 3 / median_seconds(matmul, a, a) / 1e9,
+          "gbps": 2 * big.nbytes / median_seconds(stream, big) / 1e9}
 
 
 def _peak_bytes() -> Optional[int]:

@@ -204,7 +204,8 @@ class ConvLayer(nn.Module):
       # The kernel stays in its parameter dtype: its taps are summed before the cast.
       x, _, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
       return subpixel.upsample_conv3x3(x, kernel, bias, self.padding)
-    pointwise_first = subpixel.commutes(self.kernel_size, self.strides, self.padding, pad)
+    pointwise_first = self.upsample > 1 and subpixel.commutes(self.kernel_size, self.strides,
+                                                              self.padding, pad)
     if self.upsample > 1 and not pointwise_first:
       x = upsample_nearest(x, self.upsample)
     x = pad_spatial(x, pad, self.padding)

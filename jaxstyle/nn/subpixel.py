@@ -79,7 +79,7 @@ def upsample_conv3x3(x: Array, kernel: Array, bias: Optional[Array] = None,
   """
   if padding not in _INPUT_PAD:
     raise ValueError(f"padding must be one of {tuple(_INPUT_PAD)}, got {padding!r}")
-  b, h, w, c = x.shape
+  _, h, w, c = x.shape
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=_INPUT_PAD[padding])
   pk = phase_kernel(kernel).astype(x.dtype)
   if jax.default_backend() == "cpu":
