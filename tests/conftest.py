@@ -48,3 +48,18 @@ def stripes_image():
   s = 0.5 + 0.5 * np.sin((x + y) / 3.0)
   img = np.stack([s, 1 - s, 0.3 + 0.2 * np.cos(x / 5.0)], axis=-1)
   return np.clip(img, 0, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def pth_files(tmp_path_factory):
+  """Random torchvision-layout VGG16/19 .pth files: ({depth: torch model}, {depth: path})."""
+  vgg_files = pytest.importorskip("_vgg_files")  # needs torch
+  return vgg_files.make_pth_files(tmp_path_factory.mktemp("pth"))
+
+
+@pytest.fixture(scope="module")
+def hed_file(tmp_path_factory):
+  """A random HED-layout .h5 file and the jaxstyle params it should become: (path, params)."""
+  vgg_files = pytest.importorskip("_vgg_files")
+  path = str(tmp_path_factory.mktemp("h5") / "hed_like.weights.h5")
+  return path, vgg_files.write_hed_h5(path)

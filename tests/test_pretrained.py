@@ -13,18 +13,7 @@ from pretrained import torchvision_pth
 
 torch = pytest.importorskip("torch")
 
-from _vgg_files import make_pth_files, rel_err, write_hed_h5  # noqa: E402  (needs torch)
-
-
-@pytest.fixture(scope="module")
-def pth_files(tmp_path_factory):
-  return make_pth_files(tmp_path_factory.mktemp("pth"))
-
-
-@pytest.fixture(scope="module")
-def hed_file(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("h5") / "hed_like.weights.h5")
-  return path, write_hed_h5(path)
+from _vgg_files import rel_err, write_hed_h5  # noqa: E402  (needs torch)
 
 
 # ---------------------------------------------------------------- (a) torchvision .pth

