@@ -17,11 +17,22 @@ the main heap (`M_ARENA_MAX` 1): AdaIN and TSPR inference at 128 px then lose th
 20-30k faults per call (~10-15% faster), but fragmentation can double the peak resident size
 (Gatys at 512 px: 4.6 GB). The launchers call it on start-up (`--retain_host_memory`, default on;
 `--single_malloc_arena`, default off). It only exists on glibc (Linux) and does nothing elsewhere.
+
+JAX's asynchronous CPU dispatch costs more: a call returns at once and XLA runs the program on a
+runtime thread. `set_cpu_async_dispatch(False)` runs each call on the calling thread instead.
+Measured at 128 px on the 2-core machine, memory retained either way: AdaIN inference 104 -> 80 ms
+per call and 17.6k -> 50 page faults, MSG-Net 78 -> 45 ms, a Johnson training run +8% steps/s, a
+Gatys run ~10% less wall time, the same peak resident size. The launchers turn it off on start-up
+(`--cpu_async_dispatch`, default off). Python then no longer queues the next call while one runs,
+which a training loop does not miss: its batches are decoded on a background thread, and XLA
+releases the GIL while it computes.
 """
 import ctypes
 import ctypes.util
 import os
 import sys
+
+import jax
 
 # mallopt parameters, from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
@@ -69,6 +80,21 @@ def retain_freed_memory(single_arena: bool = False) -> bool:
   return True
 
 
+def set_cpu_async_dispatch(enabled: bool) -> bool:
+  """Sets whether XLA:CPU calls return before they finish (see the module docstring).
+
+  Only takes effect before JAX creates its backends (before anything runs); returns False, and
+  changes nothing, when they exist already with the other setting.
+  """
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top  # no public predicate
+  current = bool(jax.config.read("jax_cpu_enable_async_dispatch"))
+  if current != enabled:
+    if xla_bridge.backends_are_initialized():
+      return False
+    jax.config.update("jax_cpu_enable_async_dispatch", enabled)
+  return True
+
+
 def settings() -> dict:
-  """{'retain': bool, 'single_arena': bool} as set for this process."""
-  return dict(_settings)
+  """{'retain', 'single_arena', 'cpu_async_dispatch': bool} as set for this process."""
+  return dict(_settings, cpu_async_dispatch=bool(jax.config.read("jax_cpu_enable_async_dispatch")))

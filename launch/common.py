@@ -23,6 +23,11 @@ _SINGLE_MALLOC_ARENA = flags.DEFINE_bool(
     "With --retain_host_memory, also serve XLA's worker threads from the main heap: removes the "
     "page faults that remain (AdaIN/TSPR on CPU ~10-15% faster) but can double the peak resident "
     "size.")
+_CPU_ASYNC_DISPATCH = flags.DEFINE_bool(
+    "cpu_async_dispatch", False,
+    "Let XLA:CPU calls return before they finish (JAX's default). Off: each call runs on the "
+    "calling thread, which on the 2-core development machine makes AdaIN and MSG-Net inference "
+    "~25-40% faster and training steps ~8%. No effect on GPU/TPU.")
 
 _COMPILATION_CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir", None,
@@ -79,6 +84,7 @@ def run(main):
       fail("--single_malloc_arena needs --retain_host_memory")
     if _RETAIN_HOST_MEMORY.value:
       hostmem.retain_freed_memory(single_arena=_SINGLE_MALLOC_ARENA.value)
+    hostmem.set_cpu_async_dispatch(_CPU_ASYNC_DISPATCH.value)
     try:
       if _COMPILATION_CACHE_DIR.value:
         compile_cache.enable(_COMPILATION_CACHE_DIR.value)

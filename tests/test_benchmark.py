@@ -2,6 +2,8 @@
 time a twin that disagrees, and the report files."""
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +43,7 @@ def test_tiny_run_writes_json_csv_and_passes_torch_check(tmp_path):
   assert jax_row["throughput"] == pytest.approx(1.0 / jax_row["seconds"])
   for side in (jax_row, row["torch_eager"]):  # host cost of the timed calls (Linux: getrusage)
     assert side["page_faults_per_call"] >= 0 and side["system_seconds_per_call"] >= 0
-  assert set(env["host_memory"]) == {"retain", "single_arena"}
+  assert set(env["host_memory"]) == {"retain", "single_arena", "cpu_async_dispatch"}
   assert row["ratio_eager"] == pytest.approx(row["torch_eager"]["seconds"] / jax_row["seconds"])
   with open(paths[1]) as f:
     header = f.readline().strip().split(",")
@@ -53,6 +55,19 @@ def test_tiny_run_writes_json_csv_and_passes_torch_check(tmp_path):
   png = report.plot(data, str(tmp_path / "bench.png"), log=lambda msg: None)
   assert os.path.getsize(png) > 0
 
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's dispatch")
+def test_launcher_runs_jax_calls_synchronously_on_cpu(tmp_path):
+  out = tmp_path / "bench.json"
+  launcher = os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch", "benchmark.py")
+  done = subprocess.run(
+      [sys.executable, launcher, "--methods=johnson", "--kinds=inference", "--resolutions=16",
+       "--torch=none", "--width=0.125", "--repeats=1", "--rounds=1", "--warmup=0",
+       f"--output={out}"], capture_output=True, text=True, check=True)
+  env = json.loads(out.read_text())["environment"]
+  assert env["host_memory"] == {"retain": True, "single_arena": False, "cpu_async_dispatch": False}
+  assert "freed host memory retained (both sides); JAX calls run synchronously" in done.stdout
 
 def test_twins_run_where_jax_runs():
   expected = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"

@@ -39,9 +39,13 @@ def table_rows(report: dict) -> List[List[str]]:
 def _host_memory(env: dict) -> str:
   mem = env.get("host_memory") or {}
   if not mem.get("retain"):
-    return "freed host memory returned to the OS"
-  return ("freed host memory retained" + (", one malloc arena" if mem.get("single_arena") else "")
-          + " (both sides)")
+    text = "freed host memory returned to the OS"
+  else:
+    text = ("freed host memory retained" + (", one malloc arena" if mem.get("single_arena") else "")
+            + " (both sides)")
+  if env.get("platform") == "cpu" and mem.get("cpu_async_dispatch") is False:
+    text += "; JAX calls run synchronously"
+  return text
 
 
 def format_table(report: dict) -> str:
