@@ -15,17 +15,18 @@ reuses the same pages: 15,838 -> ~0-2,000 faults per Gatys iteration, for a peak
 (per-thread arenas cannot hold such blocks). `single_arena=True` also serves those threads from
 the main heap (`M_ARENA_MAX` 1): AdaIN and TSPR inference at 128 px then lose their remaining
 20-30k faults per call (~10-15% faster), but fragmentation can double the peak resident size
-(Gatys at 512 px: 4.6 GB). The launchers call it on start-up (`--retain_host_memory`, default on;
-`--single_malloc_arena`, default off). It only exists on glibc (Linux) and does nothing elsewhere.
+(Gatys at 512 px: 4.6 GB); synchronous dispatch (below) removes the same faults without that.
+The launchers call it on start-up (`--retain_host_memory`, default on; `--single_malloc_arena`,
+default off). It only exists on glibc (Linux) and does nothing elsewhere.
 
-JAX's asynchronous CPU dispatch costs more: a call returns at once and XLA runs the program on a
-runtime thread. `set_cpu_async_dispatch(False)` runs each call on the calling thread instead.
-Measured at 128 px on the 2-core machine, memory retained either way: AdaIN inference 104 -> 80 ms
-per call and 17.6k -> 50 page faults, MSG-Net 78 -> 45 ms, a Johnson training run +8% steps/s, a
-Gatys run ~10% less wall time, the same peak resident size. The launchers turn it off on start-up
-(`--cpu_async_dispatch`, default off). Python then no longer queues the next call while one runs,
-which a training loop does not miss: its batches are decoded on a background thread, and XLA
-releases the GIL while it computes.
+Those remaining faults come with JAX's asynchronous CPU dispatch: a call returns at once and XLA
+runs the program on a runtime thread. `set_cpu_async_dispatch(False)` runs each call on the calling
+thread instead. Measured at 128 px on the 2-core machine, memory retained either way: AdaIN
+inference 104 -> 80 ms per call and 17.6k -> 50 page faults, MSG-Net 78 -> 45 ms, a Johnson training
+run +8% steps/s, a Gatys run ~10% less wall time, the same peak resident size. The launchers turn it
+off on start-up (`--cpu_async_dispatch`, default off). Python then no longer queues the next call
+while one runs, which a training loop does not miss: its batches are decoded on a background thread,
+and XLA releases the GIL while it computes.
 """
 import ctypes
 import ctypes.util
