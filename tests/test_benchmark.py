@@ -56,7 +56,6 @@ def test_tiny_run_writes_json_csv_and_passes_torch_check(tmp_path):
   assert os.path.getsize(png) > 0
 
 
-
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's dispatch")
 def test_launcher_runs_jax_calls_synchronously_on_cpu(tmp_path):
   out = tmp_path / "bench.json"
@@ -68,6 +67,7 @@ def test_launcher_runs_jax_calls_synchronously_on_cpu(tmp_path):
   env = json.loads(out.read_text())["environment"]
   assert env["host_memory"] == {"retain": True, "single_arena": False, "cpu_async_dispatch": False}
   assert "freed host memory retained (both sides); JAX calls run synchronously" in done.stdout
+
 
 def test_twins_run_where_jax_runs():
   expected = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
