@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxstyle.errors import ConfigError
-from jaxstyle.nn import conv
+from jaxstyle.nn import conv, reflect_conv
 from jaxstyle.nn import winograd
 
 # Convolutions per block.
@@ -137,6 +137,8 @@ def _conv3x3(x: jax.Array, features: int, padding: str, dtype, name: str,
                               transformed=transformed)
   if padding == "zero":
     return nn.Conv(features, (3, 3), padding="SAME", dtype=dtype, name=name)(x)
+  if reflect_conv.applies(3, 1, 1):
+    return conv.reflect_same_conv(x, features, 3, name=name, dtype=dtype)
   x = conv.reflect_pad(x, 1)
   y = nn.Conv(features, (3, 3), padding=conv.valid_padding(), dtype=dtype, name=name)(x)
   return conv.crop_valid(y, x.shape[1:3], 3, 1)

@@ -10,6 +10,7 @@ from absl import logging
 from jaxstyle import compile_cache
 from jaxstyle import hostmem
 from jaxstyle.errors import ConfigError, JaxstyleError
+from jaxstyle.nn import reflect_conv
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -28,6 +29,12 @@ _CPU_ASYNC_DISPATCH = flags.DEFINE_bool(
     "Let XLA:CPU calls return before they finish (JAX's default). Off: each call runs on the "
     "calling thread, which on the 2-core development machine makes AdaIN and MSG-Net inference "
     "~25-40% faster and training steps ~8%. No effect on GPU/TPU.")
+
+_GPU_REFLECT_PADDING = flags.DEFINE_enum(
+    "gpu_reflect_padding", "pass", reflect_conv.MODES,
+    "Off CPU, how stride-1 reflection-padded convolutions pad: 'pass' writes the padded map in "
+    "one fused pass (measured), 'border' convolves zero-padded inside the convolution call and "
+    "corrects the border from thin strips (same results; not yet timed on a GPU). CPU: ignored.")
 
 _COMPILATION_CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir", None,
@@ -86,6 +93,7 @@ def run(main):
       hostmem.retain_freed_memory(single_arena=_SINGLE_MALLOC_ARENA.value)
     if not hostmem.set_cpu_async_dispatch(_CPU_ASYNC_DISPATCH.value):
       logging.warning("--cpu_async_dispatch: JAX's CPU backend already exists; left as it is")
+    reflect_conv.set_mode(_GPU_REFLECT_PADDING.value)
     try:
       if _COMPILATION_CACHE_DIR.value:
         compile_cache.enable(_COMPILATION_CACHE_DIR.value)

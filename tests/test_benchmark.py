@@ -52,6 +52,9 @@ def test_tiny_run_writes_json_csv_and_passes_torch_check(tmp_path):
     assert env[key]["size"] == 512 and env[key]["gflops"] > 0 and env[key]["gbps"] > 0
   table = report.format_table(data)
   assert "johnson/inference" in table and "speed probe: 512^3 float32 matmul " in table
+  assert env["gpu_reflect_padding"] == "pass" and "reflection padding" not in table
+  gpu_run = dict(data, environment=dict(env, platform="gpu", gpu_reflect_padding="border"))
+  assert "reflection padding: convolved zero-padded" in report.format_table(gpu_run)
   png = report.plot(data, str(tmp_path / "bench.png"), log=lambda msg: None)
   assert os.path.getsize(png) > 0
 
@@ -63,9 +66,11 @@ def test_launcher_runs_jax_calls_synchronously_on_cpu(tmp_path):
   done = subprocess.run(
       [sys.executable, launcher, "--methods=johnson", "--kinds=inference", "--resolutions=16",
        "--torch=none", "--width=0.125", "--repeats=1", "--rounds=1", "--warmup=0",
-       f"--output={out}"], capture_output=True, text=True, check=True)
+       "--gpu_reflect_padding=border", f"--output={out}"], capture_output=True, text=True,
+      check=True)
   env = json.loads(out.read_text())["environment"]
   assert env["host_memory"] == {"retain": True, "single_arena": False, "cpu_async_dispatch": False}
+  assert env["gpu_reflect_padding"] == "border"  # recorded; CPU programs ignore it
   assert "freed host memory retained (both sides); JAX calls run synchronously" in done.stdout
 
 

@@ -59,6 +59,9 @@ def format_table(report: dict) -> str:
   lines.append(f"device: {env['device']} ({env['platform']}), jax {env['jax']}, torch "
                f"{env['torch'] or 'not used'}; XLA CPU threads {env['cpu_threads']}, "
                f"torch.set_num_threads({env['torch_threads']}); {_host_memory(env)}")
+  if env.get("platform") != "cpu" and env.get("gpu_reflect_padding") == "border":
+    lines.append("reflection padding: convolved zero-padded with a border correction "
+                 "(--gpu_reflect_padding=border)")
   if env.get("compilation_cache"):
     lines.append(f"compilation cache {env['compilation_cache']}: 'compile s' of a program compiled "
                  "in an earlier run is the time to load it")

@@ -26,6 +26,7 @@ from jaxstyle.benchmark import optim_cases
 from jaxstyle.benchmark import profile
 from jaxstyle.benchmark.case import KINDS, UNITS, Case
 from jaxstyle.errors import ConfigError
+from jaxstyle.nn import reflect_conv
 
 DTYPES = ("float32", "bfloat16")
 TORCH_MODES = ("eager", "compile")
@@ -232,6 +233,7 @@ def environment(config: BenchmarkConfig, torch_threads: Optional[int]) -> dict:
          "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch": None,
          "torch_threads": torch_threads, "host_memory": hostmem.settings(),
          "compilation_cache": compile_cache.directory(),
+         "gpu_reflect_padding": reflect_conv.mode(),
          "config": dataclasses.asdict(config)}
   if hasattr(os, "getloadavg"):
     env["load_average"] = list(os.getloadavg())

@@ -15,7 +15,7 @@ from flax.linen.dtypes import promote_dtype
 import jax
 import jax.numpy as jnp
 
-from jaxstyle.nn import subpixel, winograd
+from jaxstyle.nn import reflect_conv, subpixel, winograd
 
 Array = jax.Array
 
@@ -159,12 +159,26 @@ def winograd_conv(x: Array, features: int, *, name: str, use_bias: bool = True,
   return winograd.conv3x3_valid(pad_spatial(x, 1, "zero") if zero_pad else x, kernel, bias)
 
 
+def reflect_same_conv(x: Array, features: int, kernel_size: int, *, name: str,
+                      use_bias: bool = True,
+                      kernel_init: Callable = nn.linear.default_kernel_init, dtype=None) -> Array:
+  """A stride-1 `nn.Conv` named `name` (same parameters) over `x` reflection-padded by
+  `kernel_size // 2`, without the padding pass (`reflect_conv`; for `reflect_conv.applies`).
+
+  Call it inside a compact `__call__`; the parameters are created in the calling module.
+  """
+  kernel, bias = _ConvParams(features, kernel_size, use_bias, kernel_init, name=name)(x.shape[-1])
+  x, kernel, bias = promote_dtype(x, kernel, bias, dtype=dtype)
+  return reflect_conv.conv_reflect_same(x, kernel, bias)
+
+
 class ConvLayer(nn.Module):
   """Explicit padding followed by a VALID convolution.
 
   On CPU, 1x1 layers run as matmuls, wide 3x3 stride-1 layers by Winograd (`winograd.applies`),
   wide-kernel RGB layers as stacked shifts (`_stack_shifts`) and the rest padded (`valid_padding`);
-  the parameters are always those of an `nn.Conv` named 'conv'.
+  elsewhere, in `reflect_conv`'s 'border' mode, stride-1 reflection-padded layers skip the
+  padding pass. The parameters are always those of an `nn.Conv` named 'conv'.
 
   `[B, H, W, Cin] -> [B, (uH + 2p - k) // s + 1, ..., features]` with `u = upsample` and
   `p = pad` (default `kernel_size // 2`, which keeps `ceil(uH / s)` for odd kernels) for
@@ -208,6 +222,10 @@ class ConvLayer(nn.Module):
                                                               self.padding, pad)
     if self.upsample > 1 and not pointwise_first:
       x = upsample_nearest(x, self.upsample)
+    if self.padding == "reflect" and reflect_conv.applies(self.kernel_size, self.strides, pad):
+      return reflect_same_conv(x, self.features, self.kernel_size, name="conv",
+                               use_bias=self.use_bias, kernel_init=self.kernel_init,
+                               dtype=self.dtype)
     x = pad_spatial(x, pad, self.padding)
     if self.kernel_size == 1 and jax.default_backend() == "cpu":
       kernel, bias = _ConvParams(self.features, 1, self.use_bias, self.kernel_init,
