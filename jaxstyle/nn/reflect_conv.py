@@ -21,8 +21,6 @@ import jax.numpy as jnp
 Array = jax.Array
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
-
-
 MODES = ("pass", "border")
 _MODE = {"mode": "pass"}
 
