@@ -128,7 +128,7 @@ def deprocess(x: jax.Array, convention: str) -> jax.Array:
 def _conv3x3(x: jax.Array, features: int, padding: str, dtype, name: str,
              transformed: Optional[dict]) -> jax.Array:
   """One size-keeping 3x3 convolution, an `nn.Conv` named `name` (see `jaxstyle.nn.conv` for the
-  CPU paths: Winograd for wide layers, padded instead of VALID convolutions)."""
+  CPU paths: Winograd for wide layers, `conv.conv_valid` for the rest)."""
   if winograd.applies(x.shape[-1], features, 3, 1, dtype):
     if padding == "zero":
       return conv.winograd_conv(x, features, name=name, dtype=dtype, transformed=transformed,
@@ -139,9 +139,7 @@ def _conv3x3(x: jax.Array, features: int, padding: str, dtype, name: str,
     return nn.Conv(features, (3, 3), padding="SAME", dtype=dtype, name=name)(x)
   if reflect_conv.applies(3, 1, 1):
     return conv.reflect_same_conv(x, features, 3, name=name, dtype=dtype)
-  x = conv.reflect_pad(x, 1)
-  y = nn.Conv(features, (3, 3), padding=conv.valid_padding(), dtype=dtype, name=name)(x)
-  return conv.crop_valid(y, x.shape[1:3], 3, 1)
+  return conv.valid_conv(conv.reflect_pad(x, 1), features, 3, name=name, dtype=dtype)
 
 
 def pool2x2(x: jax.Array, pooling: str) -> jax.Array:

@@ -167,17 +167,50 @@ def test_per_sample_conv_matches_torch(rng, padding, k):
     jnn.per_sample_conv(jnp.asarray(x), kernel[:, :2, :2])
 
 
-@pytest.mark.parametrize("kernel,stride,size", [(9, 1, 12), (3, 2, 11), (4, 2, 10), (1, 1, 5)])
-def test_cpu_fast_valid_padding_is_exact(rng, kernel, stride, size):
-  """The extra zero row/column of `valid_padding` (CPU) only adds outputs that `crop_valid` drops."""
+def _conv_signatures(fn, *args):
+  """(padding, strides, dilations, shapes) of every convolution in `fn`'s jaxpr, in order."""
+  out = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "conv_general_dilated":
+        p = eqn.params
+        out.append((p["padding"], p["window_strides"], p["lhs_dilation"], p["rhs_dilation"],
+                    tuple(v.aval.shape for v in eqn.invars)))
+      for value in eqn.params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+          inner = item if hasattr(item, "eqns") else getattr(item, "jaxpr", None)
+          if hasattr(inner, "eqns"):
+            walk(inner)
+
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return out
+
+
+@pytest.mark.parametrize("kernel,stride,size",
+                         [((9, 9), 1, 12), ((3, 3), 2, 11), ((4, 4), 2, 10), ((9, 1), 1, 12),
+                          ((1, 1), 1, 5)])
+def test_conv_valid_is_the_valid_convolution_and_its_gradient(rng, kernel, stride, size):
+  """On CPU `conv_valid` convolves with one extra zero row and column and crops (a faster XLA:CPU
+  path); its values and gradients must be the VALID convolution's, and its backward pass must run
+  the VALID rule's convolutions (the padded convolution's kernel gradient is 2.5-5x slower)."""
   x = jnp.asarray(rng.normal(size=(2, size, size + 1, 3)).astype(np.float32))
-  w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 4)).astype(np.float32))
-  conv = lambda pad: jax.lax.conv_general_dilated(x, w, (stride, stride), pad,
+  w = jnp.asarray(rng.normal(size=(*kernel, 3, 4)).astype(np.float32))
+  ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (stride, stride), "VALID",
                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  want = conv("VALID")
-  got = jnn.conv.crop_valid(conv(jnn.conv.valid_padding()), x.shape[1:3], kernel, stride)
-  assert got.shape == want.shape
-  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+  got = lambda x, w: jnn.conv.conv_valid(x, w, stride)
+  want = ref(x, w)
+  assert got(x, w).shape == want.shape
+  np.testing.assert_allclose(np.asarray(got(x, w)), np.asarray(want), rtol=1e-5, atol=1e-5)
+  cotangent = jnp.asarray(rng.normal(size=want.shape).astype(np.float32))
+  grads = lambda f: jax.grad(lambda x, w: jnp.sum(f(x, w) * cotangent), argnums=(0, 1))
+  for g, g_ref in zip(grads(got)(x, w), grads(ref)(x, w)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-4, atol=1e-4)
+  # Forward: the padded convolution; backward: exactly the VALID convolution's (its primal
+  # recomputation, which XLA drops as unused, then the input and kernel gradients).
+  signatures = _conv_signatures(grads(got), x, w)
+  assert signatures[0][0] == ((0, 1), (0, 1))
+  assert signatures[1:] == _conv_signatures(grads(ref), x, w)
 
 
 @pytest.mark.parametrize("kernel", [3, 9])  # 9: the stacked-shift path of wide RGB kernels on CPU
@@ -215,6 +248,32 @@ def test_conv_transpose_matches_torch(rng, kernel, stride, padding, out_pad):
   out = _to_nhwc(ref(_to_nchw(x)))
   assert y.shape == out.shape
   np.testing.assert_allclose(y, out, atol=ATOL)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,out_pad", [(4, 2, 1, 0), (3, 2, 1, 1)])
+def test_conv_transpose_gradients_match_torch(rng, kernel, stride, padding, out_pad):
+  """(4, 2, 1, 0) runs as phase convolutions on CPU (`subpixel.conv_transpose4x4`): no transposed
+  (input-dilated) convolution may be left in its gradient, whose kernel part XLA:CPU runs slowly."""
+  x = rng.normal(size=(2, 5, 4, 3)).astype(np.float32)
+  layer = jnn.ConvTranspose(6, kernel, strides=stride, padding=padding, output_padding=out_pad)
+  params, y = _init_apply(layer, x, 5)
+  cot = rng.normal(size=y.shape).astype(np.float32)
+  loss = lambda p, x: jnp.sum(layer.apply({"params": p}, x) * cot)
+  g_params, g_x = jax.grad(loss, argnums=(0, 1))(params, jnp.asarray(x))
+  ref = torch.nn.ConvTranspose2d(3, 6, kernel, stride, padding, output_padding=out_pad)
+  p = params["conv_transpose"]
+  with torch.no_grad():
+    ref.weight.copy_(torch.from_numpy(np.transpose(np.asarray(p["kernel"]), (3, 2, 0, 1)).copy()))
+    ref.bias.copy_(torch.from_numpy(np.array(p["bias"])))
+  xt = _to_nchw(x).requires_grad_(True)
+  (ref(xt) * _to_nchw(cot)).sum().backward()
+  np.testing.assert_allclose(g_x, _to_nhwc(xt.grad), atol=ATOL)
+  np.testing.assert_allclose(g_params["conv_transpose"]["kernel"],
+                             np.transpose(ref.weight.grad.numpy(), (2, 3, 1, 0)), atol=ATOL)
+  np.testing.assert_allclose(g_params["conv_transpose"]["bias"], ref.bias.grad.numpy(), atol=ATOL)
+  dilated = [sig for sig in _conv_signatures(jax.grad(loss), params, jnp.asarray(x))
+             if sig[2] != (1, 1)]
+  assert not dilated if (kernel, stride, padding, out_pad) == (4, 2, 1, 0) else dilated
 
 
 class _TorchResidual(torch.nn.Module):

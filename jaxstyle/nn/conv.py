@@ -8,6 +8,7 @@ convolutions (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts"; MSG
 
 All layers keep float32 parameters and compute in `dtype` (None = Flax's default promotion).
 """
+import functools
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -66,23 +67,50 @@ def pad_spatial(x: Array, pad: int, padding: str) -> Array:
   raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
 
 
-def valid_padding():
-  """The `padding` argument of an unpadded ('VALID') convolution; crop its output with `crop_valid`.
+_DIMS = ("NHWC", "HWIO", "NHWC")
 
-  XLA:CPU (jax 0.10) runs convolutions without padding on a much slower path than padded ones: a
-  9x9 32->3 convolution at 128 px takes 64 ms VALID and 2.5 ms with one extra zero row and column
-  (a 3x3 64->32 one 33 vs 7 ms). On CPU we therefore pad one zero row and column at the bottom and
-  right; they only add outputs past the VALID ones, which `crop_valid` drops, so the result is the
-  same up to float summation order. Other backends get plain 'VALID'.
+
+def _lax_conv(x: Array, kernel: Array, strides: int, padding) -> Array:
+  return jax.lax.conv_general_dilated(x, kernel, (strides, strides), padding,
+                                      dimension_numbers=_DIMS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_valid_cpu(x: Array, kernel: Array, strides: int) -> Array:
+  ho = (x.shape[1] - kernel.shape[0]) // strides + 1
+  wo = (x.shape[2] - kernel.shape[1]) // strides + 1
+  return _lax_conv(x, kernel, strides, ((0, 1), (0, 1)))[:, :ho, :wo]
+
+
+def _conv_valid_cpu_fwd(x, kernel, strides):
+  return _conv_valid_cpu(x, kernel, strides), (x, kernel)
+
+
+def _conv_valid_cpu_bwd(strides, residuals, g):
+  # The VALID convolution's own rule: differentiating the padded one instead makes XLA:CPU
+  # compute the kernel gradient as a convolution with an (H + 1) x (W + 1) window, 2.5-5x slower
+  # (9x9 32->3 at 128 px: 37 vs 13 ms; 7x7 64->3: 54 vs 16 ms).
+  x, kernel = residuals
+  return jax.vjp(lambda x, k: _lax_conv(x, k, strides, "VALID"), x, kernel)[1](g)
+
+
+_conv_valid_cpu.defvjp(_conv_valid_cpu_fwd, _conv_valid_cpu_bwd)
+
+
+def conv_valid(x: Array, kernel: Array, strides: int = 1) -> Array:
+  """Unpadded ('VALID') convolution: `[B, H, W, Cin]` * `[kh, kw, Cin, F]` ->
+  `[B, (H - kh) // s + 1, (W - kw) // s + 1, F]`.
+
+  XLA:CPU (jax 0.10) runs unpadded convolutions on a much slower path than padded ones: a 9x9
+  32->3 convolution at 128 px takes 64 ms VALID and 2.5 ms with one extra zero row and column
+  (a 3x3 64->32 one 33 vs 7 ms). On CPU the forward pass therefore pads one zero row and column
+  at the bottom and right, which only adds outputs past the VALID ones, and crops them; the
+  gradients are those of the VALID convolution (see `_conv_valid_cpu_bwd`). Other backends run
+  the plain VALID convolution.
   """
-  return ((0, 1), (0, 1)) if jax.default_backend() == "cpu" else "VALID"
-
-
-def crop_valid(y: Array, in_hw, kernel_size: int, strides: int) -> Array:
-  """Crops a `valid_padding()` convolution's output `[B, h, w, C]` to the VALID size of `in_hw`."""
-  ho = (in_hw[0] - kernel_size) // strides + 1
-  wo = (in_hw[1] - kernel_size) // strides + 1
-  return y[:, :ho, :wo]
+  if jax.default_backend() == "cpu":
+    return _conv_valid_cpu(x, kernel, strides)
+  return _lax_conv(x, kernel, strides, "VALID")
 
 
 def upsample_nearest(x: Array, factor: int) -> Array:
@@ -103,16 +131,19 @@ def _stack_shifts(in_channels: int, kernel_size: int, strides: int) -> bool:
 
 
 class _ConvParams(nn.Module):
-  """The parameters of an `nn.Conv` (same names, shapes and initialisers) without applying it."""
+  """The parameters of an `nn.Conv` (same names, shapes and initialisers) without applying it;
+  with `transpose_kernel`, those of an `nn.ConvTranspose(transpose_kernel=True)` (`[k, k, F, Cin]`)."""
   features: int
   kernel_size: int
   use_bias: bool
   kernel_init: Callable
+  transpose_kernel: bool = False
 
   @nn.compact
   def __call__(self, in_channels: int):
     k = self.kernel_size
-    kernel = self.param("kernel", self.kernel_init, (k, k, in_channels, self.features), jnp.float32)
+    io = (self.features, in_channels) if self.transpose_kernel else (in_channels, self.features)
+    kernel = self.param("kernel", self.kernel_init, (k, k, *io), jnp.float32)
     bias = (self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
             if self.use_bias else None)
     return kernel, bias
@@ -122,11 +153,9 @@ def _shifted_conv(x: Array, kernel: Array, bias: Optional[Array], dtype) -> Arra
   """VALID stride-1 conv of `x` `[B, H, W, C]` with `kernel` `[k, k, C, F]` via stacked shifts."""
   k, _, c, f = kernel.shape
   x, kernel, bias = promote_dtype(x, kernel, bias, dtype=dtype)
-  ho, wo = x.shape[1] - k + 1, x.shape[2] - k + 1
+  wo = x.shape[2] - k + 1
   stacked = jnp.concatenate([x[:, :, j:j + wo] for j in range(k)], axis=-1)  # channels (kw, C)
-  y = jax.lax.conv_general_dilated(stacked, kernel.reshape(k, 1, k * c, f), (1, 1),
-                                   valid_padding(), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  y = y[:, :ho, :wo]
+  y = conv_valid(stacked, kernel.reshape(k, 1, k * c, f))
   return y if bias is None else y + bias
 
 
@@ -159,6 +188,19 @@ def winograd_conv(x: Array, features: int, *, name: str, use_bias: bool = True,
   return winograd.conv3x3_valid(pad_spatial(x, 1, "zero") if zero_pad else x, kernel, bias)
 
 
+def valid_conv(x: Array, features: int, kernel_size: int, *, name: str, strides: int = 1,
+               use_bias: bool = True,
+               kernel_init: Callable = nn.linear.default_kernel_init, dtype=None) -> Array:
+  """An unpadded `nn.Conv` named `name` (same parameters and dtypes), run by `conv_valid`.
+
+  Call it inside a compact `__call__`; the parameters are created in the calling module.
+  """
+  kernel, bias = _ConvParams(features, kernel_size, use_bias, kernel_init, name=name)(x.shape[-1])
+  x, kernel, bias = promote_dtype(x, kernel, bias, dtype=dtype)
+  y = conv_valid(x, kernel, strides)
+  return y if bias is None else y + bias
+
+
 def reflect_same_conv(x: Array, features: int, kernel_size: int, *, name: str,
                       use_bias: bool = True,
                       kernel_init: Callable = nn.linear.default_kernel_init, dtype=None) -> Array:
@@ -176,7 +218,7 @@ class ConvLayer(nn.Module):
   """Explicit padding followed by a VALID convolution.
 
   On CPU, 1x1 layers run as matmuls, wide 3x3 stride-1 layers by Winograd (`winograd.applies`),
-  wide-kernel RGB layers as stacked shifts (`_stack_shifts`) and the rest padded (`valid_padding`);
+  wide-kernel RGB layers as stacked shifts (`_stack_shifts`) and the rest by `conv_valid`;
   elsewhere, in `reflect_conv`'s 'border' mode, stride-1 reflection-padded layers skip the
   padding pass. The parameters are always those of an `nn.Conv` named 'conv'.
 
@@ -239,11 +281,8 @@ class ConvLayer(nn.Module):
                                  name="conv")(x.shape[-1])
       y = _shifted_conv(x, kernel, bias, self.dtype)
     else:
-      y = nn.Conv(
-          self.features, (self.kernel_size, self.kernel_size), strides=(self.strides,) * 2,
-          padding=valid_padding(), use_bias=self.use_bias, dtype=self.dtype,
-          param_dtype=jnp.float32, kernel_init=self.kernel_init, name="conv")(x)
-      y = crop_valid(y, x.shape[1:3], self.kernel_size, self.strides)
+      y = valid_conv(x, self.features, self.kernel_size, name="conv", strides=self.strides,
+                     use_bias=self.use_bias, kernel_init=self.kernel_init, dtype=self.dtype)
     return upsample_nearest(y, self.upsample) if pointwise_first else y
 
 
@@ -309,6 +348,12 @@ class ConvTranspose(nn.Module):
     k, p = self.kernel_size, self.padding
     if p > k - 1:
       raise ValueError(f"transposed-conv padding {p} must be < kernel_size {k}")
+    if ((k, self.strides, p, self.output_padding) == (4, 2, 1, 0)
+        and jax.default_backend() == "cpu"):
+      kernel, bias = _ConvParams(self.features, k, self.use_bias, self.kernel_init,
+                                 transpose_kernel=True, name="conv_transpose")(x.shape[-1])
+      x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+      return subpixel.conv_transpose4x4(x, kernel, bias)
     lo = k - 1 - p
     return nn.ConvTranspose(
         self.features, (k, k), strides=(self.strides, self.strides),

@@ -12,6 +12,10 @@ interleaved into the `[2H, 2W]` output.
 Padding carries over exactly: reflection-padding the upsampled map by one pixel repeats its border
 pixel's *input* pixel, i.e. edge-padding the input; zero padding stays zero padding. The result
 equals `conv3x3(pad(upsample(x)))` up to float summation order (tested against PyTorch).
+
+PyTorch's 4x4 stride-2 transposed convolution (padding 1) splits the same way: each output phase
+is a 2x2 convolution of the one-pixel zero-padded input with four of the kernel's taps
+(`conv_transpose4x4`, the CPU path of `ConvTranspose` in that geometry).
 """
 from typing import Optional
 
@@ -79,17 +83,51 @@ def upsample_conv3x3(x: Array, kernel: Array, bias: Optional[Array] = None,
   """
   if padding not in _INPUT_PAD:
     raise ValueError(f"padding must be one of {tuple(_INPUT_PAD)}, got {padding!r}")
-  _, h, w, c = x.shape
+  _, h, w, _ = x.shape
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=_INPUT_PAD[padding])
-  pk = phase_kernel(kernel).astype(x.dtype)
+  y = _interleave(_phase_conv(xp, phase_kernel(kernel).astype(x.dtype)), h, w)
+  return y if bias is None else y + bias
+
+
+def _phase_conv(xp: Array, pk: Array) -> Array:
+  """VALID 2x2 convolution of the padded input `[B, H + 2, W + 2, C]` with the phase kernels."""
   if jax.default_backend() == "cpu":
     # One matmul over the 4 stacked shifts: on XLA:CPU 1.1-2x faster than the 2x2 convolution
     # and than Winograd on the upsampled map (see docs/benchmarks.md).
+    h, w = xp.shape[1] - 2, xp.shape[2] - 2
     cols = jnp.concatenate([xp[:, i:i + h + 1, j:j + w + 1] for i in (0, 1) for j in (0, 1)],
                            axis=-1)
-    z = jnp.einsum("bhwc,cf->bhwf", cols, pk.reshape(4 * c, -1))
-  else:
-    z = jax.lax.conv_general_dilated(xp, pk, (1, 1), "VALID",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  y = _interleave(z, h, w)
+    return jnp.einsum("bhwc,cf->bhwf", cols, pk.reshape(-1, pk.shape[-1]))
+  return jax.lax.conv_general_dilated(xp, pk, (1, 1), "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def transpose_phase_kernel(kernel: Array) -> Array:
+  """A `ConvTranspose` kernel `[4, 4, Cout, Cin]` -> phase kernels `[2, 2, Cin, 4 * Cout]`.
+
+  Output row `2m + a` of PyTorch's `ConvTranspose2d(k=4, stride=2, padding=1)` sums input rows
+  `m - 1 + a + d` (d = 0, 1) through kernel row `3 - a - 2d`; likewise for columns.
+  """
+  rows = [[jnp.concatenate([kernel[3 - a - 2 * i, 3 - b - 2 * j].T for a in (0, 1)
+                            for b in (0, 1)], axis=-1) for j in (0, 1)] for i in (0, 1)]
+  return jnp.stack([jnp.stack(row) for row in rows])
+
+
+def conv_transpose4x4(x: Array, kernel: Array, bias: Optional[Array] = None) -> Array:
+  """PyTorch's `ConvTranspose2d(k=4, stride=2, padding=1)` as four 2x2 phase convolutions.
+
+  XLA:CPU computes the kernel gradient of a transposed (input-dilated) convolution on a slow
+  generic path: 2.6 s per step for TSPR's first decoder up-layer at 128 px. Its phases are
+  ordinary convolutions of the input (one matmul on CPU), whose gradients are fast.
+
+  Args:
+    x: `[B, H, W, Cin]`.
+    kernel: `[4, 4, Cout, Cin]` (`ConvTranspose`'s layout), in `x`'s dtype.
+    bias: optional `[Cout]`.
+  Returns:
+    `[B, 2H, 2W, Cout]`.
+  """
+  _, h, w, _ = x.shape
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  y = _interleave(_phase_conv(xp, transpose_phase_kernel(kernel)), h, w)
   return y if bias is None else y + bias
