@@ -9,14 +9,17 @@ faster on CPU, forward and input gradient (VGG's 256->256 at 32x32: 12.7 -> 7.7 
 at 128x128: 5.6 -> 2.8 ms); with fewer channels the memory-bound transforms lose to the direct
 convolution. F(2x2, 3x3) keeps float32 rounding at the direct convolution's level (~1e-6
 relative); F(4x4, 3x3) loses an order of magnitude and was no faster here (its transforms are not
-0/+-1 sums), so it is not used. The kernel gradient keeps the direct rule: Winograd's was faster
-for small maps but up to 2x slower once the 16 transformed tiles outgrow the cache.
+0/+-1 sums), so it is not used. The kernel gradient keeps the direct rule, image by image
+(`kernel_grad`): Winograd's was faster for small maps but up to 2x slower once the 16 transformed
+tiles outgrow the cache.
 """
 from typing import Dict, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxstyle.nn import kernel_grad
 
 Array = jax.Array
 
@@ -114,11 +117,12 @@ def _conv_bwd(residuals, g):
   # Autodiff through the transforms is 1.5-2x slower than the direct convolution's backward.
   # The input gradient is itself a 3x3 convolution (of the zero-padded cotangent with the turned,
   # in/out-swapped kernel), so it runs forward Winograd; the kernel gradient uses the direct
-  # convolution's rule (and is dropped by XLA where nothing needs it, e.g. a frozen VGG).
+  # convolution's rule, image by image (`kernel_grad`; its input-gradient half and, where nothing
+  # needs the kernel gradient, e.g. a frozen VGG, all of it are dropped by XLA as unused).
   x, kernel = residuals
   g_pad = jnp.pad(g, ((0, 0), (2, 2), (2, 2), (0, 0)))
   dx = _winograd(g_pad, transform_kernel(kernel, rotate=True), 2)
-  dkernel = jax.vjp(lambda k: _direct(x, k), kernel)[1](g)[0]
+  dkernel = kernel_grad.valid_conv_vjp(x, kernel, g)[1]
   return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
