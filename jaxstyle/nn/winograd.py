@@ -99,11 +99,6 @@ def _winograd(x: Array, u: Array, contract: int) -> Array:
   return y.reshape(b, 2 * th, 2 * tw, -1)[:, :ho, :wo]
 
 
-def _direct(x: Array, kernel: Array) -> Array:
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 @jax.custom_vjp
 def _conv(x: Array, kernel: Array) -> Array:
   return _winograd(x, transform_kernel(kernel), 1)
