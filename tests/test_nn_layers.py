@@ -237,16 +237,22 @@ def test_upsample_conv_matches_torch(rng, upsample, stride):
   np.testing.assert_allclose(y, _to_nhwc(ref), atol=ATOL)
 
 
-@pytest.mark.parametrize("kernel,stride,padding,out_pad", [(4, 2, 1, 0), (3, 2, 1, 1), (3, 1, 1, 0)])
-def test_conv_transpose_matches_torch(rng, kernel, stride, padding, out_pad):
-  x = rng.normal(size=(2, 5, 4, 3)).astype(np.float32)
-  layer = jnn.ConvTranspose(6, kernel, strides=stride, padding=padding, output_padding=out_pad)
-  params, y = _init_apply(layer, x, 4)
+def _torch_conv_transpose(params, kernel, stride, padding, out_pad):
+  """`torch.nn.ConvTranspose2d(3, 6, ...)` loaded with a `ConvTranspose`'s parameters."""
   ref = torch.nn.ConvTranspose2d(3, 6, kernel, stride, padding, output_padding=out_pad)
   p = params["conv_transpose"]
   with torch.no_grad():
     ref.weight.copy_(torch.from_numpy(np.transpose(np.asarray(p["kernel"]), (3, 2, 0, 1)).copy()))
     ref.bias.copy_(torch.from_numpy(np.array(p["bias"])))
+  return ref
+
+
+@pytest.mark.parametrize("kernel,stride,padding,out_pad", [(4, 2, 1, 0), (3, 2, 1, 1), (3, 1, 1, 0)])
+def test_conv_transpose_matches_torch(rng, kernel, stride, padding, out_pad):
+  x = rng.normal(size=(2, 5, 4, 3)).astype(np.float32)
+  layer = jnn.ConvTranspose(6, kernel, strides=stride, padding=padding, output_padding=out_pad)
+  params, y = _init_apply(layer, x, 4)
+  ref = _torch_conv_transpose(params, kernel, stride, padding, out_pad)
   out = _to_nhwc(ref(_to_nchw(x)))
   assert y.shape == out.shape
   np.testing.assert_allclose(y, out, atol=ATOL)
@@ -262,11 +268,7 @@ def test_conv_transpose_gradients_match_torch(rng, kernel, stride, padding, out_
   cot = rng.normal(size=y.shape).astype(np.float32)
   loss = lambda p, x: jnp.sum(layer.apply({"params": p}, x) * cot)
   g_params, g_x = jax.grad(loss, argnums=(0, 1))(params, jnp.asarray(x))
-  ref = torch.nn.ConvTranspose2d(3, 6, kernel, stride, padding, output_padding=out_pad)
-  p = params["conv_transpose"]
-  with torch.no_grad():
-    ref.weight.copy_(torch.from_numpy(np.transpose(np.asarray(p["kernel"]), (3, 2, 0, 1)).copy()))
-    ref.bias.copy_(torch.from_numpy(np.array(p["bias"])))
+  ref = _torch_conv_transpose(params, kernel, stride, padding, out_pad)
   xt = _to_nchw(x).requires_grad_(True)
   (ref(xt) * _to_nchw(cot)).sum().backward()
   np.testing.assert_allclose(g_x, _to_nhwc(xt.grad), atol=ATOL)
