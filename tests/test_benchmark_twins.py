@@ -146,7 +146,7 @@ def test_train_twin_matches_one_jax_step(method):
   assert losses[0] == pytest.approx(reference["loss"], rel=1e-4) and losses[-1] < losses[0]
 
 
-def test_param_index_maps_every_parameter_once():
+def test_param_index_maps_every_parameter_once(monkeypatch):
   params = {"a": {"conv": {"kernel": np.zeros((3, 3, 2, 4)), "bias": np.zeros(4)}}}
 
   def build(p):
@@ -160,6 +160,11 @@ def test_param_index_maps_every_parameter_once():
   assert kernel.reshape(4, 2, 3, 3)[3, 1, 2, 0] == 4 + ((2 * 3 + 0) * 2 + 1) * 4 + 3
   with pytest.raises(ValueError, match="exactly once"):
     torch_train.param_index(build, {**params, "unused": np.zeros(3)})
+  # Positions beyond float32's exact integers (TSPR has 28M parameters) are loaded digit by digit.
+  monkeypatch.setattr(torch_train, "_INDEX_BITS", 2)
+  (kernel2, bias2), _ = torch_train.param_index(build, params)
+  np.testing.assert_array_equal(kernel2, kernel)
+  np.testing.assert_array_equal(bias2, bias)
 
 
 def _run_launcher(argv, out):

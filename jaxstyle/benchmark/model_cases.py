@@ -4,10 +4,12 @@ Every case uses the method's default architecture (its config dataclass with no 
 scales every channel count, for smoke tests) with randomly initialised parameters; the loss network
 is a VGG16 with random weights (speed does not depend on the values, and the benchmark then needs
 no downloaded weights). Train steps are the trainers' own `train_step` functions with the state
-donated, as the training loop runs them. PyTorch twins: `torch_cases` (inference) and `torch_train`
-(one Adam step of Johnson, MSG-Net and AdaIN; float32 only).
+donated, as the training loop runs them. PyTorch twins: `torch_cases` (inference), `torch_train`
+(one Adam step of Johnson, MSG-Net, AdaIN, StyleBank and Magenta) and `torch_tspr_train` (TSPR's
+three phases); train twins are float32 only.
 """
 import functools
+import importlib
 from typing import Callable, Dict, List, Optional
 
 import jax
@@ -66,17 +68,17 @@ def _init(trainer, batch_dict):
     return trainer.init(jax.random.key(0), batch_dict)
 
 
-def adam_first_grad(opt_state):
+def adam_first_grad(opt_state, b1: float = 0.9):
   """The first step's gradient tree, from Adam's first moment (mu = (1 - b1) g from zero).
 
   A dict of optimiser states (one optimiser per parameter group, as StyleBank's) gives the dict
   of the groups' gradient trees, which flattens in the parameters' order.
   """
   if isinstance(opt_state, dict):
-    return {k: adam_first_grad(v) for k, v in opt_state.items()}
+    return {k: adam_first_grad(v, b1) for k, v in opt_state.items()}
   for leaf in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda s: hasattr(s, "mu")):
     if hasattr(leaf, "mu"):
-      return jax.tree.map(lambda m: np.asarray(m, np.float64) / 0.1, leaf.mu)
+      return jax.tree.map(lambda m: np.asarray(m, np.float64) / (1.0 - b1), leaf.mu)
   raise ValueError("no Adam state found")
 
 
@@ -86,15 +88,17 @@ def flat(tree) -> np.ndarray:
   return np.concatenate([np.asarray(a, np.float64).ravel() for a in leaves])
 
 
-def train_reference(outputs) -> dict:
-  """What a train twin must reproduce, from one JAX `train_step` output `(state, metrics)`."""
+def train_reference(outputs, b1: float = 0.9) -> dict:
+  """What a train twin must reproduce, from one JAX `train_step` output `(state, metrics)`
+  (`b1`: Adam's first-moment decay, to read the gradient back)."""
   state, metrics = outputs
-  return {"loss": float(metrics["loss"]), "grads": flat(adam_first_grad(state.opt_state)),
+  return {"loss": float(metrics["loss"]), "grads": flat(adam_first_grad(state.opt_state, b1)),
           "params": flat(state.params)}
 
 
-def train_case(method, trainer, batch_dict, batch, note="", twin: Optional[Callable] = None):
-  """A train-step case; `twin(trainer, state0, batch)` builds its PyTorch twin."""
+def train_case(method, trainer, batch_dict, batch, note="", twin: Optional[Callable] = None,
+               b1: float = 0.9):
+  """A train-step case; `twin(trainer, state0, batch, rng)` builds its PyTorch twin."""
   state = _own_buffers(_init(trainer, batch_dict))
   rng = jax.random.key(1)
   kw = {}
@@ -102,18 +106,19 @@ def train_case(method, trainer, batch_dict, batch, note="", twin: Optional[Calla
     # The starting state of the check call and of the twin: copied on first use, which the runner
     # makes before any timed call donates `state` (and never when no twin is timed).
     start = functools.lru_cache(maxsize=1)(lambda: _own_buffers(state))
-    kw = dict(reference=train_reference,
+    kw = dict(reference=functools.partial(train_reference, b1=b1),
               fresh_args=lambda: (_own_buffers(start()), batch_dict, rng),
-              torch=lambda: twin(trainer, start(), batch_dict))
+              torch=lambda: twin(trainer, start(), batch_dict, rng))
   return Case(method, "train", "", trainer.train_step, (state, batch_dict, rng), batch,
               donate_argnums=(0,), carry=True, note=note, **kw)
 
 
-def train_twin(name: str):
-  """`torch_train.<name>`, imported only when the twin is built (torch is optional)."""
-  def build(trainer, state, batch):
-    from jaxstyle.benchmark import torch_train  # pylint: disable=g-import-not-at-top
-    return getattr(torch_train, name)(trainer, state, batch)
+def train_twin(name: str, module: str = "torch_train", keyed: bool = False):
+  """`jaxstyle.benchmark.<module>.<name>`, imported only when the twin is built (torch is
+  optional). `keyed`: the twin also takes the step's PRNG key (to reproduce its random draws)."""
+  def build(trainer, state, batch, rng):
+    twin = getattr(importlib.import_module(f"jaxstyle.benchmark.{module}"), name)
+    return twin(trainer, state, batch, rng) if keyed else twin(trainer, state, batch)
   return build
 
 
@@ -300,7 +305,10 @@ def tspr_cases(size, batch, dtype, kinds, width=1.0) -> List[Case]:
     b = {"content": x, "content_peer": x[::-1], "style": style, "style_peer": style[::-1],
          "label": jnp.zeros((batch,), jnp.int32)}
     out.append(train_case("tspr", trainer, b, batch, note="all three phases (auxiliary, main, "
-                          "discriminator) on a one-device mesh; no PyTorch twin"))
+                          "discriminator) on a one-device mesh",
+                          twin=None if dtype else train_twin("tspr_train_twin",
+                                                             "torch_tspr_train", keyed=True),
+                          b1=config.beta1))
   return out
 
 

@@ -1,4 +1,5 @@
-"""PyTorch twins of the Johnson, MSG-Net, AdaIN, StyleBank and Magenta train steps, for timing.
+"""PyTorch twins of the Johnson, MSG-Net, AdaIN, StyleBank and Magenta train steps, for timing
+(TSPR's three-phase step: `torch_tspr_train`).
 
 One twin call is one optimiser step, as `trainer.train_step` is: forward through the trained
 network, the method's loss through the frozen VGG twin (perceptual loss, or AdaIN's content +
@@ -42,6 +43,7 @@ LossFn = Callable[[torch.nn.Module], torch.Tensor]
 # compiled backward of the StyleBank twin at 128 px, full width: a native crash no try can catch.
 COMPILE_CRASH = ("torch.compile of the StyleBank train twin crashed the process (double free in "
                  "its compiled backward, torch 2.13 CPU): not run")
+_INDEX_BITS = 23  # positions go through the twins' float32 tensors in digits of this many bits
 _NOISE_FLOOR = 1e-3  # gradient entries below this x max |g| are rounding noise (see the docstring)
 
 
@@ -118,12 +120,16 @@ def param_index(build: Callable[[Any], torch.nn.Module], params) -> Tuple[List[n
   leaves, treedef = jax.tree_util.tree_flatten(params)
   sizes = [int(np.size(a)) for a in leaves]
   total = int(sum(sizes))
-  if total >= 2 ** 24:
-    raise ValueError(f"{total} parameters: too many to index exactly in float32")
   starts = np.cumsum([0] + sizes[:-1])
-  index_tree = treedef.unflatten([np.arange(s, s + n, dtype=np.float32).reshape(np.shape(a))
-                                  for s, n, a in zip(starts, sizes, leaves)])
-  index = [p.detach().numpy().astype(np.int64).ravel() for p in trained(build(index_tree))]
+  positions = [np.arange(s, s + n).reshape(np.shape(a)) for s, n, a in zip(starts, sizes, leaves)]
+
+  def loaded(digit):  # float32 holds integers below 2**24 exactly: load the positions in digits
+    tree = treedef.unflatten([(p >> (_INDEX_BITS * digit)) % 2 ** _INDEX_BITS for p in positions])
+    return [p.detach().numpy().astype(np.int64).ravel() for p in trained(build(tree))]
+
+  index = loaded(0)
+  for digit in range(1, (max(total - 1, 1).bit_length() - 1) // _INDEX_BITS + 1):
+    index = [i + (d << (_INDEX_BITS * digit)) for i, d in zip(index, loaded(digit))]
   seen = np.sort(np.concatenate(index)) if index else np.zeros(0, np.int64)
   if seen.shape != (total,) or np.any(seen != np.arange(total)):
     raise ValueError("the torch twin does not load every Flax parameter exactly once")
@@ -181,22 +187,28 @@ def train_twin(build: Callable[[Any], torch.nn.Module], params0,
     loss = cycle[0](model)
     loss.backward()
     opt.step()
-    grads, params = np.full(total, np.nan), np.full(total, np.nan)
-    for idx, p in zip(index, trained(model)):
-      # No gradient at all (e.g. a zero-size parameter) is a zero gradient.
-      grads[idx] = 0.0 if p.grad is None else p.grad.detach().double().numpy().ravel()
-      params[idx] = p.detach().double().numpy().ravel()
-    g_ref = reference["grads"]
-    g_max = max(float(np.max(np.abs(g_ref))), 1e-30)
-    loss_err = abs(loss.item() - reference["loss"]) / max(abs(reference["loss"]), 1e-30)
-    grad_err = float(np.max(np.abs(grads - g_ref))) / g_max
-    # Adam's first step is lr * sign(g): compare it where the gradient is determined, i.e. above
-    # the noise floor and where both sides agree on it to 10%.
-    sure = (np.abs(g_ref) > _NOISE_FLOOR * g_max) & (np.abs(grads - g_ref) < 0.1 * np.abs(g_ref))
-    param_err = float(np.max(np.abs(params - reference["params"])[sure], initial=0.0)) / learning_rate
-    return max(loss_err, grad_err, param_err), tolerance
+    return compare_step(model, loss, index, total, reference, learning_rate, tolerance)
 
   return TorchTwin(make_fn, check)
+
+
+def compare_step(model, loss, index, total, reference, learning_rate, tolerance):
+  """`(worst error, tolerance)` of a twin's first step (`loss`, `.grad`s and updated parameters of
+  `model`, after `opt.step()`) against the JAX `reference` (`model_cases.train_reference`)."""
+  grads, params = np.full(total, np.nan), np.full(total, np.nan)
+  for idx, p in zip(index, trained(model)):
+    # No gradient at all (e.g. a zero-size parameter) is a zero gradient.
+    grads[idx] = 0.0 if p.grad is None else p.grad.detach().double().numpy().ravel()
+    params[idx] = p.detach().double().numpy().ravel()
+  g_ref = reference["grads"]
+  g_max = max(float(np.max(np.abs(g_ref))), 1e-30)
+  loss_err = abs(loss.item() - reference["loss"]) / max(abs(reference["loss"]), 1e-30)
+  grad_err = float(np.max(np.abs(grads - g_ref))) / g_max
+  # Adam's first step is lr * sign(g): compare it where the gradient is determined, i.e. above
+  # the noise floor and where both sides agree on it to 10%.
+  sure = (np.abs(g_ref) > _NOISE_FLOOR * g_max) & (np.abs(grads - g_ref) < 0.1 * np.abs(g_ref))
+  param_err = float(np.max(np.abs(params - reference["params"])[sure], initial=0.0)) / learning_rate
+  return max(loss_err, grad_err, param_err), tolerance
 
 
 # --------------------------------------------------------------------------------------------------

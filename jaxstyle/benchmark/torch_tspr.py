@@ -8,7 +8,7 @@ only the `k` neighbours, as the Flax layer does. `load` copies the Flax variable
 (`{'params', 'batch_stats'}`) in: conv kernels HWIO -> OIHW, transposed-conv kernels
 `[k, k, Cout, Cin]` -> `[Cin, Cout, k, k]`, dense kernels `[in, out]` -> `[out, in]`.
 """
-from typing import Tuple
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +66,8 @@ class ResnetBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-  """model.Encoder: image `[B,3,H,W]` in [-1,1] -> content `[B,4g,H/4,W/4]`, style `[B,8g,..]`."""
+  """model.Encoder: image `[B,3,H,W]` in [-1,1] -> codes (content `[B,4g,H/4,W/4]`, style
+  `[B,8g,H/4,W/4]`, middle)."""
 
   def __init__(self, ngf: int, n_blocks: int, global_style: bool):
     super().__init__()
@@ -78,9 +79,11 @@ class Encoder(nn.Module):
     self.global_style = (nn.ModuleList([ConvNormReLU(4 * g, 4 * g, 3, 2) for _ in range(3)])
                          if global_style else None)
 
-  def forward(self, x) -> Tuple[torch.Tensor, torch.Tensor]:
+  def forward(self, x) -> Dict[str, torch.Tensor]:
+    """-> {'content', 'style', 'middle' `[B,2g,H/2,W/2]`}, as the Flax encoder."""
     x = self.stem(x)
-    for layer in (*self.down, *self.blocks):
+    middle = x = self.down[0](x)
+    for layer in (self.down[1], *self.blocks):
       x = layer(x)
     z = self.latent(x)
     content, style = z[:, :4 * self.ngf], z[:, 4 * self.ngf:]
@@ -90,7 +93,7 @@ class Encoder(nn.Module):
         y = layer(y)
       y = y.mean(dim=(2, 3), keepdim=True).expand(-1, -1, *style.shape[2:])
       style = torch.cat([y, style[:, 4 * self.ngf:]], dim=1)
-    return content, style
+    return {"content": content, "style": style, "middle": middle}
 
   def load(self, p: dict):
     self.stem.load(p["stem"])
@@ -163,14 +166,17 @@ class PeerAttention(nn.Module):
       x = F.relu(bn(dense(x)))
     return x
 
-  def forward(self, query_codes, peer_codes, peer_values):
-    """`[B,N,C]`, `[B,M,C]`, `[B,M,D]` -> `[B,N,D]`."""
+  def forward(self, query_codes, peer_codes, peer_values, keep: Optional[torch.Tensor] = None,
+              rate: float = 0.0):
+    """`[B,N,C]`, `[B,M,C]`, `[B,M,D]` -> `[B,N,D]`; `keep` `[B,N,k]`: the edges dropout keeps."""
     b, n, c = query_codes.shape
     m, d = peer_codes.shape[1], peer_values.shape[-1]
     idx = knn_indices(query_codes, peer_codes, self.k, self.chunk).reshape(b, n * self.k)
     a = self.query_score(self.embed(query_codes.reshape(b * n, c))).reshape(b, n, 1)
     s = self.peer_score(self.embed(peer_codes.reshape(b * m, c))).reshape(b, m)
     scores = a + s.gather(1, idx).reshape(b, n, self.k)
+    if keep is not None:
+      scores = torch.where(keep, scores / (1.0 - rate), 0.0)
     w = torch.softmax(F.softplus(scores.float()), dim=-1).to(peer_values.dtype)
     v = peer_values.gather(1, idx[..., None].expand(-1, -1, d)).reshape(b, n, self.k, d)
     return torch.einsum("bnk,bnkd->bnd", w, v)
@@ -199,16 +205,20 @@ class TSPRNet(nn.Module):
     self.content_stage = PeerAttention(8 * ngf, knn, knn_chunk) if bidirectional else None
     self.decoder = Decoder(ngf, n_blocks)
 
-  def forward(self, content01, style01):
-    content, style = self.encoder(content01 * 2.0 - 1.0)
-    peer_content, peer_style = self.encoder(style01 * 2.0 - 1.0)
-    b, _, h, w = content.shape
+  def recombine(self, z: dict, z_peer: dict, keep=(None, None), rate: float = 0.0):
+    """Both stages on encoder outputs -> latent `[B,12g,h,w]`; `keep`: per-stage dropout masks."""
+    b, _, h, w = z["content"].shape
     flat = lambda t: t.flatten(2).transpose(1, 2)  # [B,C,h,w] -> [B,hw,C]
-    new_style = self.style_stage(flat(content), flat(peer_content), flat(peer_style))
-    new_content = flat(content)
+    content, peer_content, peer_style = flat(z["content"]), flat(z_peer["content"]), flat(
+        z_peer["style"])
+    new_style = self.style_stage(content, peer_content, peer_style, keep[0], rate)
+    new_content = content
     if self.content_stage is not None:
-      new_content = self.content_stage(new_style, flat(peer_style), flat(peer_content))
-    z = torch.cat([new_content, new_style], dim=-1).transpose(1, 2).reshape(b, -1, h, w)
+      new_content = self.content_stage(new_style, peer_style, peer_content, keep[1], rate)
+    return torch.cat([new_content, new_style], dim=-1).transpose(1, 2).reshape(b, -1, h, w)
+
+  def forward(self, content01, style01):
+    z = self.recombine(self.encoder(content01 * 2.0 - 1.0), self.encoder(style01 * 2.0 - 1.0))
     return (self.decoder(z) + 1.0) * 0.5
 
   def load(self, variables: dict):
