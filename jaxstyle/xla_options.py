@@ -6,7 +6,8 @@ for Johnson's residual blocks at 128 px) XLA's own dot kernels are faster (1.23 
 for 16 such products on the 2-core development machine); for deep products (Gram matrices,
 512-channel layers, MSG-Net's bottlenecks) YNNPACK is. XLA decides per program, not per product,
 so `SMALL_DOTS` (only convolutions in YNNPACK) is passed by the programs that measured faster with
-it (docs/benchmarks.md, "Per-program XLA options").
+it (docs/benchmarks.md, "Per-program XLA options"). `RUN_ONCE` (no LLVM optimisation) is for
+programs that run once, such as the trainers' initialisation (`train.loop.init_leaves`).
 """
 import functools
 from typing import Any, Callable, Dict, Mapping, Optional
@@ -17,6 +18,12 @@ import numpy as np
 
 SMALL_DOTS: Dict[str, str] = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
+
+# Programs that run once (trainers' initialisation: random parameters, a style's Grams): LLVM's
+# optimisation of their elementwise code costs more compile time than it could save (TSPR's
+# init, ~100 small random-number kernels: 9.3 -> 2.1 s). Convolutions and dots are library calls
+# either way.
+RUN_ONCE: Dict[str, Any] = {"xla_backend_optimization_level": 0}
 
 _enabled = True
 

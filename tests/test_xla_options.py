@@ -113,3 +113,30 @@ def test_benchmark_switch_times_cases_without_the_options():
   (row,) = runner.run(config, log=lambda msg: None)["results"]
   assert "error" not in row, row
   assert "compiler_options" not in row
+
+
+def test_initialisation_runs_unoptimised_with_the_same_values(monkeypatch):
+  from jaxstyle.train import loop  # pylint: disable=g-import-not-at-top
+  assert xla_options.for_cpu(xla_options.RUN_ONCE) == xla_options.RUN_ONCE  # this XLA takes it
+  used = []
+  real_jit = xla_options.jit
+
+  def recording_jit(fun, **kwargs):
+    used.append(kwargs["cpu_options"])
+    return real_jit(fun, **kwargs)
+
+  monkeypatch.setattr(xla_options, "jit", recording_jit)
+
+  def init(key, batch):  # a trainer's init in miniature: random parameters and a style statistic
+    k1, k2 = jax.random.split(key)
+    return {"kernel": jax.nn.initializers.normal(0.02)(k1, (3, 3, 8, 16)),
+            "gram": jnp.einsum("bhwc,bhwd->cd", batch, batch) / 64,
+            "noise": jax.random.uniform(k2, (5,))}
+
+  key, batch = jax.random.key(0), jax.random.normal(jax.random.key(1), (2, 8, 8, 4))
+  got = loop.init_leaves(init, key, batch)
+  assert used == [xla_options.RUN_ONCE]
+  want = jax.tree_util.tree_leaves(jax.jit(init)(key, batch))
+  assert len(got) == len(want)
+  for g, w in zip(got, want):  # the same values (up to rounding: LLVM may contract differently)
+    np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import tqdm
 
+from jaxstyle import xla_options
 from jaxstyle.errors import CheckpointError, TrainingError
 from jaxstyle.train import api
 from jaxstyle.train import checkpoint
@@ -128,7 +129,8 @@ def init_leaves(init, key, batch, out_shardings=None):
   def run(consts, args):
     return jax.core.eval_jaxpr(closed.jaxpr, consts, *args)
 
-  return jax.jit(run, out_shardings=out_shardings)(list(closed.consts), flat_args)
+  return xla_options.jit(run, cpu_options=xla_options.RUN_ONCE, out_shardings=out_shardings)(
+      list(closed.consts), flat_args)
 
 
 def _run(trainer, dataset, request, mesh, manager, writer, hooks, stop) -> TrainState:
