@@ -67,19 +67,11 @@ def pad_spatial(x: Array, pad: int, padding: str) -> Array:
   raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
 
 
-_DIMS = ("NHWC", "HWIO", "NHWC")
-
-
-def _lax_conv(x: Array, kernel: Array, strides: int, padding) -> Array:
-  return jax.lax.conv_general_dilated(x, kernel, (strides, strides), padding,
-                                      dimension_numbers=_DIMS)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv_valid_cpu(x: Array, kernel: Array, strides: int) -> Array:
   ho = (x.shape[1] - kernel.shape[0]) // strides + 1
   wo = (x.shape[2] - kernel.shape[1]) // strides + 1
-  return _lax_conv(x, kernel, strides, ((0, 1), (0, 1)))[:, :ho, :wo]
+  return kernel_grad.lax_conv(x, kernel, strides, ((0, 1), (0, 1)))[:, :ho, :wo]
 
 
 def _conv_valid_cpu_fwd(x, kernel, strides):
@@ -111,7 +103,7 @@ def conv_valid(x: Array, kernel: Array, strides: int = 1) -> Array:
   """
   if jax.default_backend() == "cpu":
     return _conv_valid_cpu(x, kernel, strides)
-  return _lax_conv(x, kernel, strides, "VALID")
+  return kernel_grad.lax_conv(x, kernel, strides, "VALID")
 
 
 def upsample_nearest(x: Array, factor: int) -> Array:

@@ -16,8 +16,9 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 MAX_UNROLLED = 32  # images; larger batches keep XLA's batched rule (program size).
 
 
-def _conv(x: Array, kernel: Array, strides: int) -> Array:
-  return jax.lax.conv_general_dilated(x, kernel, (strides, strides), "VALID",
+def lax_conv(x: Array, kernel: Array, strides: int, padding="VALID") -> Array:
+  """`lax.conv_general_dilated` on NHWC images and HWIO kernels (shared with `conv`)."""
+  return jax.lax.conv_general_dilated(x, kernel, (strides, strides), padding,
                                       dimension_numbers=_DIMS)
 
 
@@ -29,8 +30,8 @@ def valid_conv_vjp(x: Array, kernel: Array, g: Array, strides: int = 1):
   """
   b = x.shape[0]
   if jax.default_backend() != "cpu" or not 1 < b <= MAX_UNROLLED:
-    return jax.vjp(lambda x, k: _conv(x, k, strides), x, kernel)[1](g)
-  dx = jax.vjp(lambda x: _conv(x, kernel, strides), x)[1](g)[0]
-  per_image = [jax.vjp(lambda k, i=i: _conv(x[i:i + 1], k, strides), kernel)[1](g[i:i + 1])[0]
+    return jax.vjp(lambda x, k: lax_conv(x, k, strides), x, kernel)[1](g)
+  dx = jax.vjp(lambda x: lax_conv(x, kernel, strides), x)[1](g)[0]
+  per_image = [jax.vjp(lambda k, i=i: lax_conv(x[i:i + 1], k, strides), kernel)[1](g[i:i + 1])[0]
                for i in range(b)]
   return dx, sum(per_image[1:], per_image[0])
