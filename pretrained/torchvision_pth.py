@@ -1,9 +1,14 @@
-"""torchvision VGG16/19 state dicts (`.pth`) -> jaxstyle parameters (convention 'torchvision').
+"""torchvision VGG16/19 state dicts (`.pth`) -> jaxstyle parameters.
 
 torchvision's `vgg16()`/`vgg19()` keep the trunk in `features`, an `nn.Sequential` of
 conv, ReLU, ..., max-pool; the convolutions sit at fixed indices (`features.0`, `features.2`,
 `features.5`, ...) with OIHW weights. The `classifier.*` head is ignored. PyTorch is imported only
 when a `.pth` file is actually read, so it is never a runtime dependency of the library.
+
+The key names do not tell the input convention: jcjohnson's Caffe conversions used by
+neural-style-pt (`vgg19-d01eb7cb.pth`, `vgg16-00b39a1b.pth`) have torchvision's keys but expect
+BGR 0-255 minus the mean, like the Caffe originals. Those two files are recognised by the hash in
+their names (`convention_of`); other Caffe conversions need an explicit convention.
 """
 import os
 import re
@@ -19,6 +24,7 @@ from pretrained import converted
 CONVENTION = "torchvision"
 # torch.hub names files `<name>-<first 8 hex digits of their sha256>.pth`.
 FILES = {16: "vgg16-397923af.pth", 19: "vgg19-dcbb9e9d.pth"}
+CAFFE_FILES = {16: "vgg16-00b39a1b.pth", 19: "vgg19-d01eb7cb.pth"}
 _FEATURE_KEY = re.compile(r"^features\.(\d+)\.(weight|bias)$")
 
 
@@ -31,6 +37,13 @@ def feature_indices(depth: int) -> Dict[str, int]:
       index += 2  # conv, ReLU
     index += 1  # pool
   return out
+
+
+def convention_of(path: str) -> str:
+  """'caffe' for the Caffe conversions of `CAFFE_FILES` (by their hash suffix), else 'torchvision'."""
+  m = re.search(r"-([0-9a-f]{8,})\.pth$", os.path.basename(path))
+  caffe = {re.search(r"-([0-9a-f]{8})\.pth$", name).group(1) for name in CAFFE_FILES.values()}
+  return "caffe" if m and m.group(1)[:8] in caffe else CONVENTION
 
 
 def _torch():

@@ -214,6 +214,8 @@ def convert_table(p, d):
       ("input_truncated", [f"--input={p['cut.msgpack']}"], "cut.msgpack"),
       ("vgg19_as_16", [f"--input={p['w19.msgpack']}", "--depth=16"], "expected VGG16"),
       ("depth_17", [f"--input={p['w16.msgpack']}", "--depth=17"], "--depth=17"),
+      ("convention_mismatch", [f"--input={p['w16.msgpack']}", "--convention=torchvision"],
+       "converted for caffe input, not torchvision"),
       ("fetch_and_input", ["--fetch_hed", f"--input={p['w16.msgpack']}"], "not both"),
       ("input_is_output", [f"--input={p['w16.msgpack']}", f"--output={p['w16.msgpack']}"],
        "would overwrite --input"),

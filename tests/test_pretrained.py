@@ -44,6 +44,30 @@ def test_pth_path_through_load_loss_net(pth_files, tmp_path, smooth_image):
   assert rel_err(net.features(smooth_image[None], ["relu3_3"])["relu3_3"], want["relu3_3"]) < 1e-4
 
 
+def test_caffe_pth_conversions_take_caffe_input(pth_files, tmp_path, smooth_image):
+  # neural-style-pt's Caffe VGGs have torchvision's keys but expect BGR 0-255 minus the mean.
+  import shutil  # pylint: disable=g-import-not-at-top
+  models, paths = pth_files
+  caffe = str(tmp_path / torchvision_pth.CAFFE_FILES[16])
+  shutil.copy(paths[16], caffe)
+  params, depth, convention = formats.convert_file(caffe)
+  assert (depth, convention) == (16, "caffe")
+  assert formats.convert_file(paths[16])[2] == "torchvision"
+  assert formats.convert_file(paths[16], convention="caffe")[2] == "caffe"
+  assert formats.convert_file(caffe, convention="torchvision")[2] == "torchvision"
+  net = vgg.load_loss_net(caffe, cache_dir=str(tmp_path / "c"))
+  assert net.convention == "caffe"
+  x = np.asarray(vgg.preprocess(smooth_image[None], "caffe"))  # BGR, 0-255, mean removed
+  want = models[16].named_activations(torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy()), 16)
+  assert rel_err(net.features(smooth_image[None], ["relu2_2"])["relu2_2"], want["relu2_2"]) < 1e-4
+  out = str(tmp_path / "caffe.msgpack")
+  converted.save(out, params, depth, convention)
+  with pytest.raises(WeightsError, match="converted for caffe input, not torchvision"):
+    formats.convert_file(out, convention="torchvision")
+  with pytest.raises(WeightsError, match="unknown VGG convention 'bgr'"):
+    formats.convert_file(caffe, convention="bgr")
+
+
 # ---------------------------------------------------------------- (b) Keras / HED .h5
 
 def test_hed_h5_conversion_matches_torch_conv(hed_file, rng):

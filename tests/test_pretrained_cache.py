@@ -155,6 +155,11 @@ def test_convert_script(hed_file, tmp_path):
   params, depth, convention = converted.load(out)
   assert (depth, convention) == (16, "caffe")
   np.testing.assert_array_equal(params["conv3_1"]["kernel"], hed_file[1]["conv3_1"]["kernel"])
+  done = subprocess.run([sys.executable, script, f"--input={hed_file[0]}", f"--output={out}",
+                         "--convention=torchvision"], capture_output=True, text=True, env=env,
+                        check=False)
+  assert done.returncode == 0, done.stderr
+  assert converted.load(out)[2] == "torchvision"
   done = subprocess.run([sys.executable, script, f"--input={hed_file[0]}", "--depth=19",
                          f"--output={out}"], capture_output=True, text=True, env=env, check=False)
   assert done.returncode == 2

@@ -9,8 +9,10 @@
   "Exploring the structure of a real-time, arbitrary neural artistic stylization network",
   BMVC 2017).
 
-Statistics use the biased variance (divide by H*W), as instance norm does; `eps` is added to the
-variance before the square root, as in the reference AdaIN code (`calc_mean_std`, eps 1e-5).
+Statistics use the biased variance (divide by H*W), as the paper's Eqs. 5-6 and instance norm do;
+`eps` is added to the variance before the square root, as in the reference AdaIN code
+(`calc_mean_std`, eps 1e-5), which divides by H*W - 1 (a relative difference of 1/(2HW) in the
+standard deviation: 0.8% at relu4_1's 8x8 on a 64 px image, 0.05% at 256 px).
 """
 from typing import Optional, Tuple
 

@@ -2,8 +2,9 @@
 
 The network follows pytorch/examples `fast_neural_style/transformer_net.py` (REFERENCES.md
 section 2): reflection padding, instance norm, nearest-neighbour upsampling + convolution instead of
-the paper's transposed convolutions (no checkerboard artifacts), and no output tanh. It works on
-0-255 pixels like that reference; the API boundary is RGB in [0, 1].
+the paper's transposed convolutions (no checkerboard artifacts). The output layer is
+fast-neural-style's scaled tanh by default (`output`; 'linear' is pytorch/examples' plain
+convolution). It works on 0-255 pixels like those references; the API boundary is RGB in [0, 1].
 """
 import dataclasses
 from typing import Any, Optional, Tuple

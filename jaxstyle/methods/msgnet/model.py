@@ -49,7 +49,10 @@ class MSGNetConfig:
   style_weight: float = 5.0
   tv_weight: float = 0.0
   gram_normalize: str = "chw"
-  normalize_layers: bool = True       # each layer's loss / its target's mean square (see below)
+  # Each layer's loss / its target's mean square (losses/perceptual.py): the weights then act as
+  # relative balances, not the reference's raw scale; false = the reference's raw losses, which
+  # the short CPU runs of docs/training.md used.
+  normalize_layers: bool = True
   learning_rate: float = 1e-3
   style_sizes: Tuple[int, ...] = (256, 512, 768)  # square style sizes drawn per training step
   pixel_scale: float = 255.0          # the network sees BGR * pixel_scale, returns that range

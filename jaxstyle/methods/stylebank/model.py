@@ -43,7 +43,9 @@ class StyleBankConfig:
   tv_weight: float = 1e-6
   identity_weight: float = 1.0            # auto-encoder branch: MSE(D(E(I)), I) on [0, 1] pixels
   gram_normalize: str = "chw"
-  normalize_layers: bool = True           # each layer's loss / its target's mean square (see below)
+  # Each layer's loss / its target's mean square (losses/perceptual.py): the weights then act as
+  # relative balances, not the raw-scale balance above; false = raw losses (docs/training.md).
+  normalize_layers: bool = True
   stylize_steps: int = 2                  # T: stylization steps before each auto-encoder step
   learning_rate: float = 1e-3
   lr_decay: float = 0.8

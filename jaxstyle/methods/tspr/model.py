@@ -177,7 +177,7 @@ def latent(z: Dict[str, Array]) -> Array:
 
 
 class Discriminator(nn.Module):
-  """`disc_noisy`: patch discriminator on an image pair. `[B,H,W,3] x2 -> [B,H/4+3,W/4+3,1]`."""
+  """`disc_noisy`: patch discriminator on an image pair. `[B,H,W,3] x2 -> [B,H/4+4,W/4+4,1]`."""
   ndf: int = 64
   noise: float = 0.1
   dtype: Any = jnp.float32
