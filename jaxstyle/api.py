@@ -34,9 +34,9 @@ TRAINABLE_METHODS = ("johnson", "msgnet", "stylebank", "adain", "magenta", "tspr
 def default_train_weights(method: str, cache_dir: Optional[str] = None) -> str:
   """The loss network a trainer gets when none is named.
 
-  AdaIN's encoder is a VGG19 (the reference uses Gatys' rescaled "normalised" Caffe VGG19, not
-  available here): torchvision's VGG19 is used when its file is on disk (the jaxstyle cache or
-  torch.hub's folder; it is never downloaded). Everything else, and AdaIN without that file, gets
+  AdaIN's encoder is a VGG19 (the reference uses Gatys' rescaled "normalised" VGG19, which loads
+  when named: `vgg_normalised.pth`): torchvision's VGG19 is used when its file is on disk (the
+  jaxstyle cache or torch.hub's folder; it is never downloaded). Everything else, and AdaIN without that file, gets
   the default HED VGG16.
   """
   if method == "adain":

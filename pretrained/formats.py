@@ -4,6 +4,7 @@ from typing import Optional, Tuple
 
 from jaxstyle import vgg
 from jaxstyle.errors import WeightsError
+from pretrained import adain_pth
 from pretrained import converted
 from pretrained import keras_h5
 from pretrained import torchvision_pth
@@ -39,13 +40,15 @@ def convert_file(path: str, fmt: str = "auto", depth: Optional[int] = None,
   """Reads any supported weight file.
 
   Args:
-    path: `.h5` (Keras/HED), `.pth` (torchvision layout) or converted `.msgpack` file.
+    path: `.h5` (Keras/HED), `.pth` (torchvision layout, or pytorch-AdaIN's `vgg_normalised.pth`)
+      or converted `.msgpack` file.
     fmt: one of FORMATS; 'auto' looks at the suffix and the file's first bytes.
     depth: expected VGG depth, or None to infer it.
     convention: the input convention the weights expect ('caffe': BGR 0-255 minus the mean;
       'torchvision': RGB [0, 1] with mean/std), or 'auto': 'caffe' for Keras files, for a `.pth`
-      'torchvision' unless it is a known Caffe conversion (`torchvision_pth.convention_of`), and
-      what a converted file records. A converted file recording another convention is an error.
+      'torchvision' unless it is a known Caffe conversion (`torchvision_pth.convention_of`) or
+      pytorch-AdaIN's `vgg_normalised.pth` (its preprocessing is folded in for 'caffe'), and what
+      a converted file records. A converted file recording another convention is an error.
 
   Returns:
     (params, depth, convention) with float32 NumPy params.
@@ -66,8 +69,16 @@ def convert_file(path: str, fmt: str = "auto", depth: Optional[int] = None,
     params = keras_h5.convert_h5(path, depth)
     found_convention = keras_h5.CONVENTION
   elif fmt == "pth":
-    params = torchvision_pth.convert_pth(path, depth)
-    found_convention = torchvision_pth.convention_of(path)
+    state_dict = torchvision_pth.load_state_dict(path)
+    if adain_pth.is_vgg_normalised(state_dict):
+      if depth not in (None, 19):
+        raise WeightsError(f"{path} holds VGG19 weights, expected VGG{depth}")
+      # The 1x1 preprocessing is folded into conv1_1 for whichever convention is asked for.
+      found_convention = "caffe" if convention == "auto" else convention
+      params = adain_pth.convert_vgg_normalised(state_dict, found_convention, source=path)
+    else:
+      params = torchvision_pth.convert_state_dict(state_dict, depth, source=path)
+      found_convention = torchvision_pth.convention_of(path)
   else:
     params, found, found_convention = converted.load(path)
     if depth is not None and found != depth:

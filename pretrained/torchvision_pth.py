@@ -55,7 +55,7 @@ def _torch():
   return torch
 
 
-def _to_numpy(value):
+def to_numpy(value):
   if hasattr(value, "detach"):
     value = value.detach().cpu()
     if not value.dtype.is_floating_point:
@@ -112,7 +112,7 @@ def convert_state_dict(state_dict: Mapping[str, object], depth: Optional[int] = 
     want[f"features.{index}.weight"] = (cout, cin, kh, kw)
     want[f"features.{index}.bias"] = leaves["bias"]
     where[layer] = index
-  entries = {k: _to_numpy(v) if k in want else v for k, v in entries.items()}
+  entries = {k: to_numpy(v) if k in want else v for k, v in entries.items()}
   check.require_exact(entries, want, source, f"torchvision VGG{depth}")
   return {layer: {"kernel": np.transpose(entries[f"features.{i}.weight"], (2, 3, 1, 0)).astype(
                       np.float32),

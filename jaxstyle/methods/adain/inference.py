@@ -8,6 +8,7 @@ style.
 """
 import dataclasses
 import functools
+import os
 from typing import Any, Optional, Sequence, Tuple
 
 import jax
@@ -75,6 +76,39 @@ def load(workdir: str, *, loss_net: Optional[vgg.LossNet] = None
   return model, params, config
 
 
+def is_released_decoder(checkpoint_path: str) -> bool:
+  """Whether `--checkpoint` names a pytorch-AdaIN decoder file rather than a training workdir."""
+  return os.path.isfile(checkpoint_path) and checkpoint_path.endswith((".pth", ".pt"))
+
+
+def load_released(decoder_path: str, weights: str) -> Tuple[AdaINModel, Any]:
+  """The released pytorch-AdaIN model: `decoder.pth` with its encoder `vgg_normalised.pth`.
+
+  Args:
+    decoder_path: naoto0804/pytorch-AdaIN's `decoder.pth` (or a training snapshot `iter_N.pth`).
+    weights: the encoder it was trained with, normally a path to `vgg_normalised.pth` (any VGG19
+      weights load, but a decoder only inverts the encoder it was trained against).
+
+  Returns:
+    (model, decoder params), the reference architecture: reflection padding, AdaINConfig defaults.
+  """
+  # Imported here: pretrained/ imports jaxstyle for the layer tables.
+  from pretrained import adain_pth, torchvision_pth  # pylint: disable=g-import-not-at-top
+  if weights == DEFAULT_WEIGHTS:
+    raise ConfigError(f"{decoder_path} is a pytorch-AdaIN decoder: pass the encoder it was "
+                      "trained with, --weights=<path to vgg_normalised.pth>")
+  loss_net = vgg.load_loss_net(weights)
+  if loss_net.depth != 19:
+    raise ConfigError(f"a pytorch-AdaIN decoder needs a VGG19 encoder; {weights} is VGG"
+                      f"{loss_net.depth}")
+  config = AdaINConfig()
+  state_dict = torchvision_pth.load_state_dict(decoder_path)
+  params = adain_pth.convert_decoder(state_dict, config.channels(), source=decoder_path)
+  params = jax.tree_util.tree_map(jnp.asarray, params)
+  model = AdaINModel(decoder=make_decoder(config, 19), encoder=encoder_net(loss_net, config))
+  return model, params
+
+
 @functools.partial(xla_options.jit, cpu_options=xla_options.SMALL_DOTS)
 def _encode(encoder: vgg.LossNet, x: jax.Array) -> jax.Array:
   return encode(encoder, x)[ENCODER_LAYER]
@@ -127,9 +161,9 @@ def stylize(model: AdaINModel, params: Any, content01: np.ndarray,
 
 
 def run_stylize(request: api.StylizeRequest) -> np.ndarray:
-  """`launch/stylize.py --method=adain --checkpoint=<workdir>`."""
+  """`launch/stylize.py --method=adain --checkpoint=<workdir or pytorch-AdaIN decoder.pth>`."""
   if request.checkpoint is None:
-    raise ConfigError("adain needs --checkpoint=<training workdir>")
+    raise ConfigError("adain needs --checkpoint=<training workdir or pytorch-AdaIN decoder.pth>")
   if request.content is None:
     raise ConfigError("adain needs a --content image")
   if request.style_index:
@@ -138,13 +172,15 @@ def run_stylize(request: api.StylizeRequest) -> np.ndarray:
   if unknown:
     raise ConfigError(f"adain stylize only takes --set eps=..., got {', '.join(sorted(unknown))}")
   eps = float(request.overrides.get("eps", 1e-5))
-  model, params, config = load(request.checkpoint)
-  saved = checkpoint.load_config(request.checkpoint)
-  trained_with = (saved.get("config") or {}).get("weights", DEFAULT_WEIGHTS)
-  if request.weights not in (DEFAULT_WEIGHTS, trained_with):
-    raise ConfigError(f"{request.checkpoint} was trained with --weights={trained_with}, "
-                      f"not {request.weights}")
-  del config
+  if is_released_decoder(request.checkpoint):
+    model, params = load_released(request.checkpoint, request.weights)
+  else:
+    model, params, _ = load(request.checkpoint)
+    saved = checkpoint.load_config(request.checkpoint)
+    trained_with = (saved.get("config") or {}).get("weights", DEFAULT_WEIGHTS)
+    if request.weights not in (DEFAULT_WEIGHTS, trained_with):
+      raise ConfigError(f"{request.checkpoint} was trained with --weights={trained_with}, "
+                        f"not {request.weights}")
   out = stylize(model, params, request.content, request.styles,
                 style_weights=request.style_weights, alpha=request.alpha, masks=request.masks,
                 preserve_color=request.preserve_color, eps=eps)
