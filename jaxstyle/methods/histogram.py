@@ -34,6 +34,9 @@ class HistogramConfig:
   the weights are relative and do not depend on the loss network's feature scales. The histogram
   layer weights fall with depth because shallow layers carry the colour and contrast the loss is
   meant to fix (the co-author code's weights fall similarly, 2e9 .. 3.5e7, on raw features).
+  The optimiser is `synthesize`'s: L-BFGS by default, as for Gatys here; the co-author code runs
+  Adam at lr 0.05 for 1000 iterations per scale (`--optimizer=adam --learning_rate=0.05
+  --steps=1000` in `launch/stylize.py`).
 
   Attributes:
     content_layers / content_layer_weights: content loss (style transfer only).
