@@ -56,7 +56,7 @@ def test_adain_masked_matches_numpy(rng):
 
 
 def test_adain_against_torch_reference(rng):
-  """The pytorch-AdaIN formula (with the biased variance instance norm uses)."""
+  """pytorch-AdaIN's formula with the biased variance (the paper's; its code divides by HW - 1)."""
   torch = pytest.importorskip("torch")
   c = rng.normal(size=(2, 7, 6, 4)).astype(np.float32)
   s = rng.normal(3.0, 2.0, size=(2, 5, 5, 4)).astype(np.float32)

@@ -199,3 +199,16 @@ def test_cpu_host_sort_ranks_equal_xla_sort(rng, monkeypatch):  # pylint: disabl
   np.testing.assert_array_equal(host, xla)
   np.testing.assert_array_equal(vmapped, xla)
   assert sorted(np.asarray(host)[0, 0].tolist()) == list(range(300))
+
+
+def test_masked_histogram_loss_averages_over_the_region(rng):
+  # The mean runs over the masked pixels times the channels, so the scale does not depend on area.
+  f = jnp.asarray(rng.normal(size=(2, 6, 7, 3)).astype(np.float32))
+  t = jnp.asarray(rng.normal(2.0, 0.5, (1, 5, 5, 3)).astype(np.float32))
+  mask = np.zeros((2, 6, 7), np.float32)
+  mask[0, 1:4, 2:6] = 1.0
+  mask[1, 3:, :3] = 1.0
+  loss = H.histogram_loss(f, t, jnp.asarray(mask))
+  matched = np.asarray(H.histogram_match(f, t, jnp.asarray(mask)), np.float64)
+  sq = (np.asarray(f, np.float64) - matched) ** 2 * mask[..., None]
+  np.testing.assert_allclose(float(loss), sq.sum() / (mask.sum() * f.shape[-1]), rtol=1e-5)

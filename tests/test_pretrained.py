@@ -16,6 +16,16 @@ torch = pytest.importorskip("torch")
 from _vgg_files import rel_err, write_hed_h5  # noqa: E402  (needs torch)
 
 
+def _torchvision_input(x01):
+  """RGB [0, 1] -> torchvision's input, with the constants written out (not vgg.IMAGENET_*)."""
+  return (x01 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+
+
+def _caffe_input(x01):
+  """RGB [0, 1] -> Caffe's BGR 0-255 minus the BGR mean, written out (not vgg.preprocess)."""
+  return x01[..., ::-1] * 255.0 - np.array([103.939, 116.779, 123.68])
+
+
 # ---------------------------------------------------------------- (a) torchvision .pth
 
 @pytest.mark.parametrize("depth", [16, 19])
@@ -25,8 +35,7 @@ def test_pth_conversion_matches_torch_forward(pth_files, depth, rng):
   assert sorted(params) == sorted(vgg.conv_names(depth))
   net = vgg.LossNet(params=params, depth=depth, convention="torchvision")
   x01 = rng.random((2, 32, 32, 3)).astype(np.float32)
-  mean, std = np.array(vgg.IMAGENET_MEAN), np.array(vgg.IMAGENET_STD)
-  x = torch.from_numpy(np.transpose((x01 - mean) / std, (0, 3, 1, 2)).astype(np.float32))
+  x = torch.from_numpy(np.transpose(_torchvision_input(x01), (0, 3, 1, 2)).astype(np.float32))
   want = models[depth].named_activations(x, depth)
   layers = [n for n in vgg.layer_names(depth) if n.startswith(("relu", "pool"))]
   got = jax.jit(lambda n, v: n.features(v, layers))(net, x01)
@@ -39,8 +48,8 @@ def test_pth_path_through_load_loss_net(pth_files, tmp_path, smooth_image):
   models, paths = pth_files
   net = vgg.load_loss_net(paths[16], cache_dir=str(tmp_path))
   assert (net.depth, net.convention) == (16, "torchvision")
-  x = vgg.preprocess(smooth_image[None], "torchvision")
-  want = models[16].named_activations(torch.from_numpy(np.transpose(np.array(x), (0, 3, 1, 2))), 16)
+  x = _torchvision_input(smooth_image[None]).astype(np.float32)
+  want = models[16].named_activations(torch.from_numpy(np.transpose(x, (0, 3, 1, 2))), 16)
   assert rel_err(net.features(smooth_image[None], ["relu3_3"])["relu3_3"], want["relu3_3"]) < 1e-4
 
 
@@ -57,7 +66,7 @@ def test_caffe_pth_conversions_take_caffe_input(pth_files, tmp_path, smooth_imag
   assert formats.convert_file(caffe, convention="torchvision")[2] == "torchvision"
   net = vgg.load_loss_net(caffe, cache_dir=str(tmp_path / "c"))
   assert net.convention == "caffe"
-  x = np.asarray(vgg.preprocess(smooth_image[None], "caffe"))  # BGR, 0-255, mean removed
+  x = _caffe_input(smooth_image[None]).astype(np.float32)
   want = models[16].named_activations(torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy()), 16)
   assert rel_err(net.features(smooth_image[None], ["relu2_2"])["relu2_2"], want["relu2_2"]) < 1e-4
   out = str(tmp_path / "caffe.msgpack")
@@ -77,7 +86,7 @@ def test_hed_h5_conversion_matches_torch_conv(hed_file, rng):
     np.testing.assert_array_equal(params[layer]["kernel"], reference[layer]["kernel"])
   net = vgg.LossNet(params=params, depth=16, convention="caffe")
   x01 = rng.random((1, 32, 32, 3)).astype(np.float32)
-  x = torch.from_numpy(np.transpose(np.asarray(vgg.preprocess(x01, "caffe")), (0, 3, 1, 2)).copy())
+  x = torch.from_numpy(np.transpose(_caffe_input(x01), (0, 3, 1, 2)).astype(np.float32).copy())
   got = net.features(x01, ["conv1_1", "relu2_2", "relu3_3", "relu4_3", "relu5_3", "pool5"])
   h, want = x, {}
   for b, n in enumerate(vgg.BLOCKS[16], start=1):
@@ -92,21 +101,23 @@ def test_hed_h5_conversion_matches_torch_conv(hed_file, rng):
     assert rel_err(value, np.transpose(want[name].numpy(), (0, 2, 3, 1))) < 1e-4, name
 
 
-def test_keras_applications_layout(tmp_path):
+@pytest.mark.parametrize("suffix", [":0", ""])  # some Keras versions drop the ':0'
+def test_keras_applications_layout(tmp_path, suffix):
   path = str(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
   rng = np.random.default_rng(1)
+  want = {}
   with h5py.File(path, "w") as f:
     for layer, shapes in vgg.param_shapes(16).items():
       name = f"block{layer[4]}_conv{layer[6:]}"
       for leaf in ("kernel", "bias"):
-        f.create_dataset(f"{name}/{name}/{leaf}:0",
-                         data=rng.standard_normal(shapes[leaf], np.float32))
-    f.create_dataset("fc1/fc1/kernel:0", data=np.zeros((4, 4)))
+        want[(layer, leaf)] = rng.standard_normal(shapes[leaf], np.float32)
+        f.create_dataset(f"{name}/{name}/{leaf}{suffix}", data=want[(layer, leaf)])
+    f.create_dataset(f"fc1/fc1/kernel{suffix}", data=np.zeros((4, 4)))
   params, depth, convention = formats.convert_file(path)
   assert (depth, convention) == (16, "caffe")
-  with h5py.File(path, "r") as f:
-    np.testing.assert_array_equal(params["conv4_2"]["bias"],
-                                  f["block4_conv2/block4_conv2/bias:0"][()])
+  assert sorted(params) == sorted(vgg.conv_names(16))
+  for (layer, leaf), value in want.items():
+    np.testing.assert_array_equal(params[layer][leaf], value)
 
 
 # ---------------------------------------------------------------- (c) loud failures

@@ -131,3 +131,46 @@ def test_dropout_per_sample_keys(codes):
   assert not np.allclose(base[1], other[1])
   nodrop = np.asarray(layer.apply(variables, *codes, train=True, mutable=["batch_stats"])[0][1])
   assert not np.allclose(base, nodrop)
+
+
+def test_attention_dropout_matches_numpy():
+  # Inverted dropout on the edge scores: kept scores are divided by 1 - p, dropped ones are 0.
+  g = np.random.default_rng(5)
+  n, m, k, d, p = 7, 9, 4, 3, 0.25
+  a, s = g.normal(size=n).astype(np.float32), g.normal(size=m).astype(np.float32)
+  idx = np.stack([g.permutation(m)[:k] for _ in range(n)]).astype(np.int32)
+  v = g.normal(size=(m, d)).astype(np.float32)
+  key = jax.random.PRNGKey(11)
+  got = rec.neighbour_attention(jnp.asarray(a), jnp.asarray(s), jnp.asarray(idx), jnp.asarray(v),
+                                p, key)
+  keep = np.asarray(jax.random.bernoulli(key, 1.0 - p, (n, k)))
+  assert 0 < keep.mean() < 1
+  scores = np.where(keep, (a[:, None] + s[idx]) / (1.0 - p), 0.0).astype(np.float64)
+  w = np.exp(np.log1p(np.exp(scores)))
+  w /= w.sum(1, keepdims=True)
+  np.testing.assert_allclose(np.asarray(got), np.einsum("nk,nkd->nd", w, v[idx]), rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_batchnorm_running_statistics_update():
+  # Flax momentum 0.9 is PyTorch's 0.1: running = 0.9 running + 0.1 batch. Flax averages the biased
+  # batch variance where PyTorch's BatchNorm1d uses the unbiased one: a factor R / (R - 1) on R
+  # positions (under 1.001 at training sizes).
+  g = np.random.default_rng(6)
+  x = g.normal(1.0, 2.0, (40, 16)).astype(np.float32)
+  mlp = rec.AttentionMLP()
+  variables = mlp.init(jax.random.PRNGKey(0), jnp.asarray(x), True)
+  stats = jax.tree_util.tree_map(lambda v: v + 0.5, variables["batch_stats"])  # not the init
+  _, updated = mlp.apply({"params": variables["params"], "batch_stats": stats}, jnp.asarray(x),
+                         True, mutable=["batch_stats"])
+  h = x.astype(np.float64)
+  for i in range(2):
+    dense, bn = variables["params"][f"dense_{i}"], variables["params"][f"bn_{i}"]
+    h = h @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"])
+    mean, var = h.mean(0), h.var(0)
+    for name, batch in (("mean", mean), ("var", var)):
+      np.testing.assert_allclose(np.asarray(updated["batch_stats"][f"bn_{i}"][name]),
+                                 0.9 * np.asarray(stats[f"bn_{i}"][name]) + 0.1 * batch,
+                                 rtol=1e-4, atol=1e-5, err_msg=f"bn_{i}/{name}")
+    h = np.maximum((h - mean) / np.sqrt(var + 1e-5) * np.asarray(bn["scale"])
+                   + np.asarray(bn["bias"]), 0.0)
