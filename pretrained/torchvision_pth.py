@@ -40,7 +40,7 @@ def feature_indices(depth: int) -> Dict[str, int]:
 
 
 def convention_of(path: str) -> str:
-  """'caffe' for the Caffe conversions in `CAFFE_FILES` (by the hash in the name), else 'torchvision'."""
+  """'caffe' for the files in `CAFFE_FILES` (by the hash in their name), else 'torchvision'."""
   m = re.search(r"-([0-9a-f]{8,})\.pth$", os.path.basename(path))
   caffe = {re.search(r"-([0-9a-f]{8})\.pth$", name).group(1) for name in CAFFE_FILES.values()}
   return "caffe" if m and m.group(1)[:8] in caffe else CONVENTION
