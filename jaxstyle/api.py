@@ -178,8 +178,28 @@ def config_from_dict(cls: Any, values: dict, *, strict: bool = True) -> Any:
   version of the model); otherwise they are ignored.
   """
   from jaxstyle.errors import CheckpointError  # pylint: disable=g-import-not-at-top
-  fields = {f.name for f in dataclasses.fields(cls)}
-  unknown = set(values) - fields
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = set(values) - set(fields)
   if unknown and strict:
     raise CheckpointError(f"checkpoint config has unknown {cls.__name__} settings: {sorted(unknown)}")
+  for key, value in values.items():
+    if key in fields and not _fits(value, fields[key].default):
+      raise CheckpointError(f"checkpoint config has {key}={value!r}, not a "
+                            f"{type(fields[key].default).__name__} (config.json edited?)")
   return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in fields})
+
+
+def _fits(value: Any, default: Any) -> bool:
+  """Whether a `config.json` value has the type of a field's default (None and factories: any)."""
+  if default is None or default is dataclasses.MISSING:
+    return True
+  if isinstance(default, bool):
+    return isinstance(value, bool)
+  if isinstance(default, (int, float)):
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and (isinstance(default, float) or isinstance(value, int))
+  if isinstance(default, str):
+    return isinstance(value, str)
+  if isinstance(default, tuple):
+    return isinstance(value, (list, tuple))
+  return True

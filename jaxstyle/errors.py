@@ -21,5 +21,9 @@ class ConfigError(JaxstyleError):
   """Flags or config values are invalid or conflict."""
 
 
+class TooSmallError(ConfigError, ValueError):
+  """An image is too small for a network's padding or neighbourhoods (raised while tracing)."""
+
+
 class TrainingError(JaxstyleError):
   """Training cannot go on (e.g. too many consecutive non-finite steps)."""

@@ -267,12 +267,20 @@ def scale_image(img, factor: float) -> np.ndarray:
   return image_lib.resize(img, (max(16, round(h * factor)), max(16, round(w * factor))))
 
 
-def check_size(shape, layers: Sequence[str], depth: int):
+def check_size(shape, layers: Sequence[str], depth: int, what: str = "image",
+               hint: str = "use a larger --size or fewer pyramid scales"):
   """Raises ConfigError when an image of `shape` is too small to reach the deepest of `layers`."""
   from jaxstyle import vgg  # noqa: PLC0415  vgg imports flax; keep the driver import light
   deepest = max(layers, key=lambda l: vgg.layer_stride(l, depth))
   stride = vgg.layer_stride(deepest, depth)
-  if min(shape) < stride:
+  if min(shape[:2]) < stride:
     raise ConfigError(
-        f"a {shape[0]}x{shape[1]} image is too small for VGG layer {deepest} (needs at least "
-        f"{stride} px per side); use a larger --size or fewer pyramid scales")
+        f"a {shape[0]}x{shape[1]} {what} is too small for VGG layer {deepest} (needs at least "
+        f"{stride} px per side); {hint}")
+
+
+def check_styles(styles: Sequence[np.ndarray], layers: Sequence[str], depth: int):
+  """`check_size` for style images as the loss sees them (after `scale_image`)."""
+  for s in styles:
+    check_size(np.shape(s), layers, depth, "style image",
+               "use a larger or less elongated style image, or a larger --style_size")

@@ -148,8 +148,8 @@ def check_output_path(path: str, *, overwrite: bool, suffixes=IMAGE_SUFFIXES) ->
 
 
 def positive(name: str, value, allow_none=False):
-  """Raises ConfigError unless `value` > 0."""
+  """Raises ConfigError unless `value` > 0 and finite."""
   if value is None and allow_none:
     return
-  if value is None or value <= 0:
-    raise ConfigError(f"--{name} must be positive, got {value}")
+  if value is None or not value > 0 or value == float("inf"):  # `not >` also refuses NaN
+    raise ConfigError(f"--{name} must be positive and finite, got {value}")

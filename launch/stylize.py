@@ -13,12 +13,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
+import flax  # noqa: E402
 import numpy as np  # noqa: E402
 import tqdm  # noqa: E402
 
 from jaxstyle import api  # noqa: E402
 from jaxstyle import image  # noqa: E402
-from jaxstyle.errors import ConfigError, ImageError  # noqa: E402
+from jaxstyle.errors import CheckpointError, ConfigError, ImageError  # noqa: E402
 from launch import common  # noqa: E402
 
 _METHOD = flags.DEFINE_string("method", "gatys", f"One of: {', '.join(api.METHODS)}.")
@@ -158,7 +159,12 @@ def main(argv):
       bar.update(step - bar.n)
       bar.set_postfix(loss=f"{loss:.4g}")
     request.progress = progress
-    result = api.get_method(request.method).run_stylize(request)
+    try:
+      result = api.get_method(request.method).run_stylize(request)
+    except flax.errors.ScopeParamShapeError as e:
+      # The workdir's config.json describes another network than its checkpoint holds.
+      raise CheckpointError(f"{request.checkpoint}: the checkpoint does not fit the model its "
+                            f"config.json describes ({str(e).splitlines()[0][:160]})") from None
   result = np.clip(np.asarray(result, np.float32), 0.0, 1.0)
   image.save_image(output, result)
   print(f"wrote {output}")

@@ -57,8 +57,8 @@ def build_request() -> api.TrainRequest:
     common.positive(name, flag.value)
   if _LR.value is not None:
     common.positive("learning_rate", _LR.value)
-  if _CLIP.value < 0:
-    raise ConfigError(f"--grad_clip_norm must be >= 0, got {_CLIP.value}")
+  if not 0 <= _CLIP.value < float("inf"):
+    raise ConfigError(f"--grad_clip_norm must be >= 0 and finite, got {_CLIP.value}")
   for name, path in (("content_dir", _CONTENT_DIR.value), ("style_dir", _STYLE_DIR.value)):
     if path is not None and not os.path.isdir(path):
       raise ConfigError(f"--{name} {path} is not a directory")

@@ -40,9 +40,11 @@ def _indexed_convs(state_dict: Mapping[str, object], source: str) -> List[Tuple[
   convs = []
   for index in sorted(found):
     entry = found[index]
-    if set(entry) != {"weight", "bias"} or np.ndim(entry["weight"]) != 4:
+    arrays = set(entry) == {"weight", "bias"} and all(
+        isinstance(v, np.ndarray) and v.dtype.kind in "fiu" for v in entry.values())
+    if not arrays or entry["weight"].ndim != 4 or entry["bias"].ndim != 1:
       raise WeightsError(f"{source}: module {index} is not a convolution with a bias")
-    weight, bias = np.asarray(entry["weight"], np.float32), np.asarray(entry["bias"], np.float32)
+    weight, bias = entry["weight"].astype(np.float32), entry["bias"].astype(np.float32)
     if not (np.all(np.isfinite(weight)) and np.all(np.isfinite(bias))):
       raise WeightsError(f"{source}: module {index} has non-finite values")
     convs.append((weight, bias))

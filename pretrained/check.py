@@ -70,9 +70,9 @@ def require_exact(found: Dict[str, object], want: Dict[str, tuple], source: str,
   shaped = []
   for key, shape in want.items():
     if key in found:
-      got = tuple(np.shape(found[key]))
+      got = _shape(found[key])
       if got != tuple(shape):
-        shaped.append(f"{key} {got} (expected {tuple(shape)})")
+        shaped.append(f"{key} {got or 'ragged'} (expected {tuple(shape)})")
   if shaped:
     problems.append(f"wrong shape {names(shaped)}")
   bad = [k for k in want if k in found and not _is_finite_float(found[k])]
@@ -85,6 +85,17 @@ def require_exact(found: Dict[str, object], want: Dict[str, tuple], source: str,
     raise WeightsError(message)
 
 
+def _shape(value) -> Optional[tuple]:
+  """The array shape of `value`; None for nested lists that are not an array (ragged)."""
+  try:
+    return tuple(np.shape(value))
+  except ValueError:
+    return None
+
+
 def _is_finite_float(value):
-  arr = np.asarray(value)
+  try:
+    arr = np.asarray(value)
+  except ValueError:  # ragged
+    return False
   return arr.dtype.kind == "f" and bool(np.isfinite(arr).all())

@@ -44,7 +44,8 @@ def from_bytes(data: bytes, source: str) -> Tuple[dict, int, str]:
     raise WeightsError(f"{source} has converted-file version {tree.get('version')!r}; "
                        f"this jaxstyle reads version {VERSION}")
   depth, convention = tree.get("depth"), tree.get("convention")
-  if depth not in vgg.BLOCKS or convention not in vgg.CONVENTIONS:
+  if (not isinstance(depth, int) or depth not in vgg.BLOCKS
+      or not isinstance(convention, str) or convention not in vgg.CONVENTIONS):
     raise WeightsError(f"{source} has bad metadata: depth={depth!r}, convention={convention!r}")
   return check.check_params(tree.get("params"), depth, source), int(depth), convention
 

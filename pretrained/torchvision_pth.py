@@ -56,12 +56,17 @@ def _torch():
 
 
 def to_numpy(value):
+  """A tensor or array-like as a NumPy array; ragged nested lists stay as they are (and are then
+  reported as mis-shaped by `check.require_exact`)."""
   if hasattr(value, "detach"):
     value = value.detach().cpu()
     if not value.dtype.is_floating_point:
       return value.numpy()
     return value.float().numpy()
-  return np.asarray(value)
+  try:
+    return np.asarray(value)
+  except ValueError:
+    return value
 
 
 def _unwrap(sd):

@@ -196,7 +196,7 @@ def make_inputs(d):
   names = ("w16.msgpack", "w19.msgpack", "noise.msgpack", "noise.bin", "cut.msgpack",
            "partial.msgpack", "empty.h5", "notes.pth", "rgb.png", "gray.png", "pal.png", "rgba.png",
            "cmyk.jpg", "g16.png", "exif.jpg", "one.png", "anim.gif", "mask.png", "bomb.png",
-           "empty.png", "cut.png", "notes.jpg", "file.txt")
+           "empty.png", "cut.png", "notes.jpg", "file.txt", "thin.png")
   p = {k: os.path.join(d, "in", k) for k in names}
   p["bad_only"] = os.path.join(d, "in", "bad_only")
   os.makedirs(p["bad_only"])
@@ -233,6 +233,7 @@ def make_inputs(d):
   exif[0x0112] = 6
   Image.fromarray(np.ascontiguousarray(np.rot90(rgb, 1))).save(p["exif.jpg"], exif=exif, quality=98)
   Image.fromarray(np.array([[[200, 30, 90]]], np.uint8)).save(p["one.png"])
+  Image.fromarray(rng.integers(0, 255, (3, 600, 3), np.uint8)).save(p["thin.png"])  # 200:1
   frames = [Image.fromarray(np.roll(rgb, 8 * i, axis=1)).convert("P") for i in range(3)]
   frames[0].save(p["anim.gif"], save_all=True, append_images=frames[1:])
   Image.fromarray(rgb[..., 1], "L").save(p["mask.png"])

@@ -5,6 +5,7 @@
 """
 import json
 import os
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -61,6 +62,7 @@ def stylize_table(p, d):
       ("unknown_flag", {"colour": "red"}, "colour"),
       ("bad_enum", {"optimizer": "sgd"}, "--optimizer=sgd"),
       ("negative_lr", {"learning_rate": "-1"}, "--learning_rate must be positive"),
+      ("nan_lr", {"learning_rate": "nan"}, "--learning_rate must be positive and finite, got nan"),
       ("alpha_range", {"alpha": "1.5"}, "--alpha must be in [0, 1]"),
       ("mask_count", {"mask": p["mask.png"], "+style": p["gray.png"]}, "--mask given 1 times"),
       ("mask_bad_file", {"mask": p["cut.png"]}, "corrupt or truncated"),
@@ -85,6 +87,9 @@ def stylize_table(p, d):
       ("set_unknown_key", {"set": "style_wieght=3"}, "unknown setting 'style_wieght'"),
       ("set_bad_value", {"set": "style_weight=lots"}, "bad value 'lots'"),
       ("set_no_equals", {"set": "style_weight"}, "--set expects key=value"),
+      ("thin_style", {"style": p["thin.png"]}, "style image is too small for VGG layer"),
+      ("thin_style_histogram", {"method": "histogram", "style": p["thin.png"], "set": "scales=1"},
+       "style image is too small"),
   ]
   ok = [  # (name, {flag: value}, reference content, expected shape)
       ("gray", {"content": p["gray.png"]}, p["gray.png"], (27, 32, 3)),
@@ -138,6 +143,17 @@ def checkpoint_tables(p, d, johnson_wd):
   os.makedirs(notjson)
   with open(os.path.join(notjson, "config.json"), "w") as f:
     f.write("{not json")
+  # Copies of the trained run whose config.json no longer describes its checkpoint.
+  edited = {}
+  for name, key, value in (("width", "width", 0.25), ("type", "num_residual", "abc")):
+    edited[name] = os.path.join(d, f"edited_{name}_ckpt")
+    shutil.copytree(johnson_wd, edited[name])
+    path = os.path.join(edited[name], "config.json")
+    with open(path) as f:
+      saved = json.load(f)
+    saved["config"]["model"][key] = value
+    with open(path, "w") as f:
+      json.dump(saved, f)
   out = lambda name: os.path.join(d, "out", name, "result.png")  # noqa: E731
   base = {"content": p["rgb.png"], "method": "johnson", "checkpoint": johnson_wd}
   stylize = [
@@ -148,6 +164,9 @@ def checkpoint_tables(p, d, johnson_wd):
       ("ckpt_with_set", {"set": "width=2"}, ("error", "takes no --set")),
       ("ckpt_exif", {"content": p["exif.jpg"]}, ("ok", (27, 32, 3))),
       ("ckpt_one_pixel", {"content": p["one.png"]}, ("ok", (32, 32, 3))),
+      ("ckpt_thin_content", {"content": p["thin.png"]}, ("error", "too small for this network")),
+      ("ckpt_config_width", {"checkpoint": edited["width"]}, ("error", "does not fit the model")),
+      ("ckpt_config_type", {"checkpoint": edited["type"]}, ("error", "not a int")),
   ]
   for name, flags, expect in stylize:
     args = _argv({**base, "output": out(name), "size": 32, **flags})
@@ -177,6 +196,9 @@ def train_table(p, d):
       ("negative_steps", ["--steps=-3"], "--steps must be positive"),
       ("zero_batch", ["--batch_size=0"], "--batch_size must be positive"),
       ("negative_clip", ["--grad_clip_norm=-1"], "--grad_clip_norm must be >= 0"),
+      ("nan_clip", ["--grad_clip_norm=nan"], "--grad_clip_norm must be >= 0 and finite"),
+      ("nan_learning_rate", ["--learning_rate=nan"], "--learning_rate must be positive and finite"),
+      ("image_size_too_small", ["--image_size=4"], "too small for this network"),
       ("steps_not_a_number", ["--steps=ten"], "--steps=ten"),
       ("content_dir_missing", ["--content_dir=/nonexistent/photos"], "is not a directory"),
       ("content_dir_is_file", [f"--content_dir={p['rgb.png']}"], "is not a directory"),

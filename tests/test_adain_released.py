@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxstyle import api
 from jaxstyle import vgg
 from jaxstyle.errors import ConfigError
 from jaxstyle.errors import WeightsError
@@ -155,6 +156,17 @@ def test_released_files_fail_clearly(released, tmp_path):
     adain_pth.convert_vgg_normalised(sd)
   with pytest.raises(WeightsError, match="holds VGG19 weights, expected VGG16"):
     formats.convert_file(paths["caffe"], depth=16)
+
+
+def test_stylize_settings_are_checked(released):
+  _, paths, _ = released
+  for eps, match in (("abc", "bad value 'abc' for setting 'eps'"), ("-1", "must be a positive")):
+    request = api.StylizeRequest(method="adain", content=np.zeros((16, 16, 3), np.float32),
+                                 styles=[np.zeros((16, 16, 3), np.float32)],
+                                 checkpoint=paths["decoder"], weights=paths["caffe"],
+                                 overrides={"eps": eps})
+    with pytest.raises(ConfigError, match=match):
+      inference.run_stylize(request)
 
 
 def test_stylize_launcher_takes_released_files(released):

@@ -34,16 +34,17 @@ def inputs(tmp_path_factory):
   d = str(tmp_path_factory.mktemp("bad_inputs"))
   p = make_inputs(d)
   p["dir"] = d
-  # A training folder where four of seven "images" cannot be read.
+  # A training folder where five of eight "images" cannot be read (thin.png: too elongated).
   content = os.path.join(d, "in", "train_content")
   os.makedirs(os.path.join(content, "sub"))
-  for name in ("rgb.png", "gray.png", "exif.jpg", "empty.png", "cut.png", "notes.jpg", "bomb.png"):
+  for name in ("rgb.png", "gray.png", "exif.jpg", "empty.png", "cut.png", "notes.jpg", "bomb.png",
+               "thin.png"):
     target = os.path.join(content, "sub" if name.startswith("e") else "", name)
     with open(p[name], "rb") as src, open(target, "wb") as dst:
       dst.write(src.read())
   with open(os.path.join(content, "README.txt"), "w") as f:
     f.write("not an image suffix: ignored, not counted\n")
-  p["train_content"], p["bad_in_train_content"] = content, 4
+  p["train_content"], p["bad_in_train_content"] = content, 5
   p["train_style"] = os.path.join(d, "in", "train_style")
   os.makedirs(p["train_style"])
   Image.open(p["cmyk.jpg"]).convert("RGB").save(os.path.join(p["train_style"], "style.png"))

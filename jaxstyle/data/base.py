@@ -16,6 +16,8 @@ import numpy as np
 from jaxstyle.data import augment
 from jaxstyle.errors import ConfigError, ImageError
 
+MAX_ASPECT = 16  # long side / short side of a usable training image
+
 
 class BatchedImages:
   """Base class: subclasses set `num_items` and implement `_load(item) -> [H, W, 3]`.
@@ -145,7 +147,12 @@ class BatchedImages:
       if item in self._bad:
         return None
     try:
-      return self._load(item)
+      img = self._load(item)
+      h, w = img.shape[:2]
+      if max(h, w) > MAX_ASPECT * min(h, w):
+        # Its short side would be scaled up to load_size: a 1x20000 strip becomes gigabytes.
+        raise ImageError(f"a {w}x{h} image is too elongated to train on (over {MAX_ASPECT}:1)")
+      return img
     except ImageError as e:
       with self._lock:
         new = item not in self._bad

@@ -124,8 +124,10 @@ def _check_config(config: GatysConfig, loss_net: vgg.LossNet):
   if config.gram_normalize not in ("chw", "hw", "none"):
     raise ConfigError(f"gram_normalize must be chw, hw or none, got {config.gram_normalize!r}")
   for name in ("content_weight", "style_weight", "tv_weight"):
-    if getattr(config, name) < 0:
+    if not getattr(config, name) >= 0:  # also refuses NaN
       raise ConfigError(f"{name} must be non-negative, got {getattr(config, name)}")
+  if not 0 <= config.slack < 1:
+    raise ConfigError(f"slack must be in [0, 1), got {config.slack}")
   if config.scales < 1:
     raise ConfigError(f"scales must be at least 1, got {config.scales}")
 
@@ -191,8 +193,10 @@ def stylize(content: Optional[np.ndarray], styles: Sequence[np.ndarray], config:
     if content is not None:
       c = image_lib.resize(content, shape)
       net_args["content"] = optimize.features(loss_net, c, objective.content_layers)
-    grams = [optimize.grams(loss_net, optimize.scale_image(s, factor), objective.style_layers,
-                           config.gram_normalize) for s in styles]
+    scaled = [optimize.scale_image(s, factor) for s in styles]
+    optimize.check_styles(scaled, objective.style_layers, loss_net.depth)
+    grams = [optimize.grams(loss_net, s, objective.style_layers, config.gram_normalize)
+             for s in scaled]
     net_args["grams"] = {l: jnp.concatenate([g[l] for g in grams]) for l in objective.style_layers}
     net_args["scale"] = _loss_scales(net_args, config.normalize_layers)
     if masks is not None:

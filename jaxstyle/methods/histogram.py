@@ -129,8 +129,10 @@ def _check_config(config: HistogramConfig, loss_net: vgg.LossNet):
   if config.histogram_method not in ("sort", "bins"):
     raise ConfigError(f"histogram_method must be sort or bins, got {config.histogram_method!r}")
   for name in ("content_weight", "style_weight", "histogram_weight", "tv_weight"):
-    if getattr(config, name) < 0:
+    if not getattr(config, name) >= 0:  # also refuses NaN
       raise ConfigError(f"{name} must be non-negative, got {getattr(config, name)}")
+  if not 0 <= config.slack < 1:
+    raise ConfigError(f"slack must be in [0, 1), got {config.slack}")
 
 
 @jax.jit
@@ -193,8 +195,9 @@ def synthesize(content: Optional[np.ndarray], styles: Sequence[np.ndarray], conf
       args["content"] = optimize.features(loss_net, image_lib.resize(content, shape),
                                           objective.content_layers)
     layers = tuple(dict.fromkeys(objective.style_layers + objective.histogram_layers))
-    style_feats = [optimize.features(loss_net, optimize.scale_image(s, factor), layers)
-                   for s in styles]
+    scaled = [optimize.scale_image(s, factor) for s in styles]
+    optimize.check_styles(scaled, layers, loss_net.depth)
+    style_feats = [optimize.features(loss_net, s, layers) for s in scaled]
     args["grams"] = {l: jnp.concatenate([losses.gram_matrix(f[l], config.gram_normalize)
                                          for f in style_feats]) for l in objective.style_layers}
     args["hists"] = {l: [_histogram_target(f[l]) for f in style_feats]

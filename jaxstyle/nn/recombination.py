@@ -33,6 +33,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxstyle.errors import TooSmallError
+
 Array = jax.Array
 
 # Reference initialisation (CycleGAN `init_weights`, 'normal', gain 0.02) for Linear and Conv1d weights.
@@ -69,7 +71,8 @@ def knn_indices(queries: Array, keys: Array, k: int, chunk: Optional[int] = None
     `[N, k]` int32 indices into `keys`. Not differentiable (neighbour selection is discrete).
   """
   if keys.shape[0] < k:
-    raise ValueError(f"need at least k={k} peer positions, got {keys.shape[0]}")
+    raise TooSmallError(f"the style image is too small: the kNN attention needs at least k={k} "
+                        f"peer positions, got {keys.shape[0]}; use a larger style image or --size")
   queries = jax.lax.stop_gradient(queries)
   keys = jax.lax.stop_gradient(keys)
 

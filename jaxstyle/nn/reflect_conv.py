@@ -18,6 +18,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from jaxstyle.errors import TooSmallError
+
 Array = jax.Array
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
@@ -95,6 +97,8 @@ def conv_reflect_same(x: Array, kernel: Array, bias: Optional[Array] = None) -> 
   if k % 2 == 0 or kernel.shape[1] != k:
     raise ValueError(f"conv_reflect_same needs a square odd kernel, got {kernel.shape[:2]}")
   if p >= x.shape[1] or p >= x.shape[2]:
-    raise ValueError(f"reflection padding {p} needs a feature map larger than {x.shape[1:3]}")
+    raise TooSmallError(f"the image is too small for this network: a {x.shape[1]}x{x.shape[2]} "
+                        f"feature map cannot take {p} px of reflection padding; use a larger "
+                        "--size (or --image_size)")
   y = _conv(x, kernel, ((p, p), (p, p))) + frame_correction(x, kernel)
   return y if bias is None else y + bias

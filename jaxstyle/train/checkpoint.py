@@ -223,6 +223,7 @@ def save_config(workdir: str, config: dict) -> str:
     with os.fdopen(fd, "w") as f:
       json.dump(config, f, indent=2, sort_keys=True, default=_json_default)
       f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the run's settings from other users
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -8,6 +8,7 @@ orbax checkpoints with automatic resume, SIGTERM/SIGINT save-and-exit, and summa
 """
 import dataclasses
 import os
+import shutil
 import signal
 import threading
 from typing import Any, Callable, Optional, Sequence
@@ -101,19 +102,27 @@ def train(trainer: Any, dataset: Any, request: Any, *, hooks: Optional[Sequence[
   """
   api.check_trainer(trainer)
   _check_workdir(request)
+  created = not os.path.exists(request.workdir)
   os.makedirs(request.workdir, exist_ok=True)
-  mesh = sharding.make_mesh(request.batch_size, devices)
-  manager = checkpoint.Manager(request.workdir, keep=request.keep_checkpoints)
-  writer = summaries_lib.Summaries(request.workdir)
+  started = []  # appended to once the state exists: from then on the workdir is a run's
   try:
-    with jax.set_mesh(mesh), _StopOnSignal() as stop:
-      return _run(trainer, dataset, request, mesh, manager, writer, list(hooks or ()), stop)
-  finally:
-    writer.close()
-    manager.close()
-    close = getattr(dataset, "close", None)
-    if close is not None:
-      close()
+    mesh = sharding.make_mesh(request.batch_size, devices)
+    manager = checkpoint.Manager(request.workdir, keep=request.keep_checkpoints)
+    writer = summaries_lib.Summaries(request.workdir)
+    try:
+      with jax.set_mesh(mesh), _StopOnSignal() as stop:
+        return _run(trainer, dataset, request, mesh, manager, writer, list(hooks or ()), stop,
+                    started)
+    finally:
+      writer.close()
+      manager.close()
+      close = getattr(dataset, "close", None)
+      if close is not None:
+        close()
+  except BaseException:
+    if created and not started:  # a run that could not start (e.g. too small images) leaves nothing
+      shutil.rmtree(request.workdir, ignore_errors=True)
+    raise
 
 
 def init_leaves(init, key, batch, out_shardings=None):
@@ -133,7 +142,7 @@ def init_leaves(init, key, batch, out_shardings=None):
       list(closed.consts), flat_args)
 
 
-def _run(trainer, dataset, request, mesh, manager, writer, hooks, stop) -> TrainState:
+def _run(trainer, dataset, request, mesh, manager, writer, hooks, stop, started) -> TrainState:
   bs = request.batch_size
   key = jax.random.key(request.seed)
   init_key, step_key = jax.random.split(key)
@@ -163,6 +172,7 @@ def _run(trainer, dataset, request, mesh, manager, writer, hooks, stop) -> Train
   else:
     logging.info("training from scratch: %d parameters", count_params(state.params))
   step = int(jax.device_get(state.step))
+  started.append(step)
 
   traces = [0]
 
