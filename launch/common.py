@@ -1,5 +1,6 @@
 """What every launcher shares: one-line errors, quiet logs, output path checks."""
 import os
+import signal
 import sys
 import tempfile
 
@@ -82,6 +83,15 @@ def quiet_logging():
     handler.addFilter(_not_orbax)
 
 
+class _Terminated(KeyboardInterrupt):
+  """SIGTERM, raised in the main thread so that `finally` blocks and cleanups run."""
+
+
+def _terminated(signum, frame):
+  del signum, frame
+  raise _Terminated()
+
+
 def run(main):
   """`absl.app.run(main)`, printing `error: ...` and exiting 2 on a JaxstyleError or bad flags."""
 
@@ -94,12 +104,19 @@ def run(main):
     if not hostmem.set_cpu_async_dispatch(_CPU_ASYNC_DISPATCH.value):
       logging.warning("--cpu_async_dispatch: JAX's CPU backend already exists; left as it is")
     reflect_conv.set_mode(_GPU_REFLECT_PADDING.value)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+      # A plain SIGTERM kills without unwinding, which would leave a half-moved output's temporary
+      # file behind; as an exception the writers' cleanups run. (Training installs its own
+      # handler, which saves a checkpoint instead.)
+      signal.signal(signal.SIGTERM, _terminated)
     try:
       if _COMPILATION_CACHE_DIR.value:
         compile_cache.enable(_COMPILATION_CACHE_DIR.value)
       return main(argv)
     except JaxstyleError as e:
       fail(str(e))
+    except _Terminated:
+      fail("terminated", 128 + signal.SIGTERM)
     except KeyboardInterrupt:
       fail("interrupted", 130)
 

@@ -204,7 +204,7 @@ def train_table(p, d):
       ("content_dir_is_file", [f"--content_dir={p['rgb.png']}"], "is not a directory"),
       ("content_dir_no_images", [f"--content_dir={p['folder.png']}"], "no images"),
       ("content_dir_all_unreadable", [f"--content_dir={p['bad_only']}"],
-       "none of the 3 images could be read"),
+       f"none of the 3 images in {p['bad_only']} could be read"),
       ("style_dir_no_images", [f"--style_dir={p['folder.png']}"], "no images"),
       ("weights_noise", [f"--weights={p['noise.msgpack']}"], "noise.msgpack"),
       ("set_unknown_key", ["--set=widht=2"], "unknown setting 'widht'"),

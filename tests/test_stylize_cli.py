@@ -6,6 +6,7 @@ real: 32 px images and 2 optimiser steps keep it fast. The subprocesses run conc
 each mostly waits on the JAX import.
 """
 import os
+import signal
 import subprocess
 import sys
 
@@ -122,3 +123,23 @@ def test_cli_success_and_every_bad_input(files):
   assert grid.shape[0] == 27 and grid.shape[1] > 5 * 32
   assert sorted(os.listdir(os.path.dirname(out))) == ["result.png", "result_grid.png"]
   assert sorted(os.listdir(os.path.join(files["dir"], "xla"))) == ["autotune", "jax"]
+
+
+def test_sigterm_mid_run_exits_cleanly_without_output(files):
+  out_dir = os.path.join(files["dir"], "term")
+  out = os.path.join(out_dir, "result.png")
+  proc = _start([f"--content={files['rgb.png']}", f"--style={files['rgb.png']}",
+                 f"--weights={files['weights.msgpack']}", f"--output={out}", "--steps=100000"]
+                + SMALL[:1] + ["--optimizer=adam"] + SMALL[3:], files)
+  try:
+    for line in proc.stdout:  # no terminal: a "step N loss=..." line every 25 steps
+      if line.startswith("step "):
+        break
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+  assert "Traceback" not in stderr
+  assert stderr.strip().splitlines()[-1] == "error: terminated"
+  assert not os.path.exists(out_dir) or not os.listdir(out_dir)

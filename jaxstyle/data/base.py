@@ -138,7 +138,9 @@ class BatchedImages:
       if img is not None:
         break
     else:
-      raise ImageError(f"none of the {self.num_items} images could be read")
+      where = getattr(self, "root", None)
+      raise ImageError(f"none of the {self.num_items} images" + (f" in {where}" if where else "")
+                       + " could be read")
     rng = augment.example_rng(self.seed, step, i) if self.augment else None
     return augment.prepare(img, self.image_size, self.load_size, rng), self._label(item)
 

@@ -96,9 +96,10 @@ class Manager:
     _check_shapes(_stored_shapes(self.directory, step), target, where)
     try:
       restored = self._manager.restore(step, args=ocp.args.StandardRestore(target))
-    except Exception as e:  # structure/shape mismatch or unreadable files
+    except Exception as e:  # unreadable files, or a structure the metadata did not show
       raise CheckpointError(
-          f"checkpoint {os.path.join(self.directory, str(step))} does not fit this model: "
+          f"checkpoint {where} cannot be restored (corrupt or incomplete, or saved by another "
+          f"model; remove that step's folder to resume from an earlier one): "
           f"{_one_line(e)}") from None
     _check_shapes(restored, target, where)
     return restored
