@@ -1,6 +1,7 @@
 """TSPR: layers vs PyTorch, losses vs NumPy, image pool, data, 8-device == 1-device training, loss
 decrease, and a checkpoint/resume round trip through the shared loop."""
 import dataclasses
+import logging
 import os
 
 import jax
@@ -314,3 +315,12 @@ def test_loop_checkpoint_resume_and_stylize(tmp_path):
               {"overrides": {"ngf": "16"}}, {"checkpoint": None}):
     with pytest.raises(ConfigError):
       tspr.run_stylize(api.StylizeRequest(**{**base, **bad}))
+
+
+def test_short_runs_are_told_the_schedule_never_decays(tmp_path, caplog):
+  caplog.set_level(logging.WARNING)
+  tspr.make_trainer(_request(tmp_path, steps=3, epoch_size="64", niter="2", niter_decay="3"))
+  assert "decays linearly from epoch 2 (step 16 at batch 8) to epoch 5 (step 40)" in caplog.text
+  caplog.clear()
+  tspr.make_trainer(_request(tmp_path, steps=17, epoch_size="64", niter="2", niter_decay="3"))
+  assert "decays" not in caplog.text

@@ -9,6 +9,8 @@ result. Trained adversarially with metric learning on style codes over painter c
   run_stylize(request) -> image                  # launch/stylize.py --method=tspr --checkpoint=...
   load(workdir) -> (model, variables, config); stylize(model, variables, content, styles, ...)
 """
+from absl import logging
+
 from jaxstyle import api
 from jaxstyle.methods.tspr.config import TSPRConfig, validate
 from jaxstyle.methods.tspr.data import TSPRPairs, make_dataset
@@ -25,6 +27,15 @@ def make_trainer(request: api.TrainRequest):
                          seed=request.seed, load_size=load_size)
   trainer = TSPRTrainer(config, global_batch=request.batch_size, image_size=request.image_size,
                         lr=request.learning_rate, dtype=compute_dtype(request))
+  per_epoch = max(1, config.epoch_size // request.batch_size)
+  decay_from = config.niter * per_epoch
+  schedule_end = (config.niter + config.niter_decay) * per_epoch
+  if request.steps <= decay_from:
+    # The schedule counts the reference's epochs: a short run never reaches the decay.
+    logging.warning("TSPR's learning rate decays linearly from epoch %d (step %d at batch %d) to "
+                    "epoch %d (step %d); --steps=%d ends before the decay starts",
+                    config.niter, decay_from, request.batch_size, config.niter + config.niter_decay,
+                    schedule_end, request.steps)
   return trainer, dataset
 
 
