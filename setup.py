@@ -7,7 +7,7 @@ setuptools.setup(
     description="Neural style transfer in JAX/Flax: Gatys, histogram losses, Johnson, StyleBank, "
                 "Magenta, AdaIN, MSG-Net and TSPR with jit-compiled train steps.",
     packages=setuptools.find_packages(include=["jaxstyle", "jaxstyle.*", "pretrained", "launch"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # jax 0.10 needs 3.11+
     install_requires=[
         "jax>=0.10,<0.11",
         "flax>=0.12,<0.13",

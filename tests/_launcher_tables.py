@@ -88,6 +88,7 @@ def stylize_table(p, d):
       ("set_bad_value", {"set": "style_weight=lots"}, "bad value 'lots'"),
       ("set_no_equals", {"set": "style_weight"}, "--set expects key=value"),
       ("thin_style", {"style": p["thin.png"]}, "style image is too small for VGG layer"),
+      ("histogram_alpha", {"method": "histogram", "alpha": "0.5"}, "histogram takes no --alpha"),
       ("thin_style_histogram", {"method": "histogram", "style": p["thin.png"], "set": "scales=1"},
        "style image is too small"),
   ]

@@ -231,6 +231,9 @@ def run_stylize(request: api.StylizeRequest) -> np.ndarray:
   """Launcher entry point (see `jaxstyle.api`). Colour preservation is a Gatys feature only."""
   if request.preserve_color != "none":
     raise ConfigError("--preserve_color is supported by --method=gatys only")
+  if request.alpha != 1.0:
+    raise ConfigError("histogram takes no --alpha: balance the terms with --set style_weight=..., "
+                      "histogram_weight=..., content_weight=...")
   config = api.apply_overrides(HistogramConfig(), request.overrides)
   loss_net = vgg.load_loss_net(request.weights, pooling=config.pooling)
   init = request.init if request.content is not None or request.init != "content" else None
