@@ -36,8 +36,8 @@ def default_train_weights(method: str, cache_dir: Optional[str] = None) -> str:
 
   AdaIN's encoder is a VGG19 (the reference uses Gatys' rescaled "normalised" VGG19, which loads
   when named: `vgg_normalised.pth`): torchvision's VGG19 is used when its file is on disk (the
-  jaxstyle cache or torch.hub's folder; it is never downloaded). Everything else, and AdaIN without that file, gets
-  the default HED VGG16.
+  jaxstyle cache or torch.hub's folder; it is never downloaded). Everything else, and AdaIN
+  without that file, gets the default HED VGG16.
   """
   if method == "adain":
     # Imported here: pretrained/ imports jaxstyle for the layer tables.

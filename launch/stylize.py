@@ -35,7 +35,8 @@ _STEPS = flags.DEFINE_integer("steps", 100, "Optimisation steps (gatys/histogram
 _OPTIMIZER = flags.DEFINE_enum("optimizer", "lbfgs", ["lbfgs", "adam"], "Optimiser (gatys/histogram).")
 _LR = flags.DEFINE_float("learning_rate", None, "Optimiser learning rate; unset = the method's default.")
 _INIT = flags.DEFINE_string("init", "content", "Start image: content, noise, or a path (gatys/histogram).")
-_ALPHA = flags.DEFINE_float("alpha", 1.0, "Content (0) to style (1) trade-off (gatys, adain, magenta, stylebank).")
+_ALPHA = flags.DEFINE_float(
+    "alpha", 1.0, "Content (0) to style (1) trade-off (gatys, adain, magenta, stylebank).")
 _COLOR = flags.DEFINE_enum("preserve_color", "none", ["none", "luminance", "histogram"],
                            "Keep the content's colours: luminance-only transfer or colour matching.")
 _STYLE_SIZE = flags.DEFINE_integer("style_size", None,
