@@ -11,7 +11,7 @@ turns them into a new config and rejects unknown keys.
 """
 import dataclasses
 import importlib
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -29,6 +29,26 @@ METHODS = {
 }
 OPTIMIZATION_METHODS = ("gatys", "histogram")
 TRAINABLE_METHODS = ("johnson", "msgnet", "stylebank", "adain", "magenta", "tspr")
+
+
+# The reference implementations' batch and run length (REFERENCES.md), used by `launch/train.py`
+# when --batch_size / --steps are not given.
+TRAIN_DEFAULTS = {
+    "johnson": {"batch_size": 4, "steps": 40_000},       # fast-neural-style: 40k iterations
+    "msgnet": {"batch_size": 4, "steps": 41_400},        # 2 epochs of COCO 2014 train (82,783)
+    "stylebank": {"batch_size": 4, "steps": 300_000},
+    "adain": {"batch_size": 8, "steps": 160_000},
+    "magenta": {"batch_size": 8, "steps": 3_000_000},    # its README's ~3M (the flag default: 8M)
+    "tspr": {"batch_size": 2, "steps": 614_400},         # 200 epochs of 6144 pairs
+}
+
+
+def train_settings(method: str, batch_size: Optional[int] = None,
+                   steps: Optional[int] = None) -> Tuple[int, int]:
+  """`(batch_size, steps)`: the given values, or the method's reference ones where None."""
+  defaults = TRAIN_DEFAULTS[method]
+  return (defaults["batch_size"] if batch_size is None else batch_size,
+          defaults["steps"] if steps is None else steps)
 
 
 def default_train_weights(method: str, cache_dir: Optional[str] = None) -> str:

@@ -24,8 +24,12 @@ _CONTENT_DIR = flags.DEFINE_string("content_dir", None,
 _STYLE_DIR = flags.DEFINE_string(
     "style_dir", None, "Folder of style images (tspr: one sub-folder per style class). Unset: samples.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 256, "Training crop size.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Global batch size (split over all devices).")
-_STEPS = flags.DEFINE_integer("steps", 40000, "Total training steps.")
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", None, "Global batch size (split over all devices). Unset: the method's reference "
+    "batch (johnson, msgnet, stylebank 4; adain, magenta 8; tspr 2).")
+_STEPS = flags.DEFINE_integer(
+    "steps", None, "Total training steps. Unset: the reference run's length (johnson 40k, msgnet "
+    "41.4k = 2 COCO epochs, stylebank 300k, adain 160k, magenta 3M, tspr 614.4k = 200 epochs).")
 _LR = flags.DEFINE_float("learning_rate", None, "Learning rate; unset = the method's default.")
 _CLIP = flags.DEFINE_float(
     "grad_clip_norm", 0.0, "Clip each step's gradient to this global norm (optax "
@@ -50,11 +54,13 @@ def build_request() -> api.TrainRequest:
   if _METHOD.value not in api.TRAINABLE_METHODS:
     raise ConfigError(f"--method={_METHOD.value} cannot be trained; choose one of "
                       f"{', '.join(api.TRAINABLE_METHODS)}")
-  for name, flag in (("image_size", _IMAGE_SIZE), ("batch_size", _BATCH_SIZE), ("steps", _STEPS),
-                     ("checkpoint_every", _CKPT_EVERY), ("keep_checkpoints", _KEEP),
-                     ("log_every", _LOG_EVERY), ("summary_every", _SUMMARY_EVERY),
-                     ("max_nonfinite", _MAX_NONFINITE)):
-    common.positive(name, flag.value)
+  batch_size, steps = api.train_settings(_METHOD.value, _BATCH_SIZE.value, _STEPS.value)
+  for name, value in (("image_size", _IMAGE_SIZE.value), ("batch_size", batch_size),
+                      ("steps", steps), ("checkpoint_every", _CKPT_EVERY.value),
+                      ("keep_checkpoints", _KEEP.value), ("log_every", _LOG_EVERY.value),
+                      ("summary_every", _SUMMARY_EVERY.value),
+                      ("max_nonfinite", _MAX_NONFINITE.value)):
+    common.positive(name, value)
   if _LR.value is not None:
     common.positive("learning_rate", _LR.value)
   if not 0 <= _CLIP.value < float("inf"):
@@ -67,7 +73,7 @@ def build_request() -> api.TrainRequest:
   return api.TrainRequest(
       method=_METHOD.value, content_dir=_CONTENT_DIR.value, style_dir=_STYLE_DIR.value,
       workdir=os.path.abspath(_WORKDIR.value), image_size=_IMAGE_SIZE.value,
-      batch_size=_BATCH_SIZE.value, steps=_STEPS.value, learning_rate=_LR.value,
+      batch_size=batch_size, steps=steps, learning_rate=_LR.value,
       grad_clip_norm=_CLIP.value,
       weights=_WEIGHTS.value, seed=_SEED.value, mixed_precision=_MIXED.value,
       checkpoint_every=_CKPT_EVERY.value, keep_checkpoints=_KEEP.value, log_every=_LOG_EVERY.value,

@@ -324,3 +324,13 @@ def test_short_runs_are_told_the_schedule_never_decays(tmp_path, caplog):
   caplog.clear()
   tspr.make_trainer(_request(tmp_path, steps=17, epoch_size="64", niter="2", niter_decay="3"))
   assert "decays" not in caplog.text
+
+
+def test_default_run_covers_the_reference_schedule():
+  # launch/train.py without --steps/--batch_size: TSPR's 200 epochs (50 constant + 150 decaying).
+  batch, steps = api.train_settings("tspr")
+  config = tspr.TSPRConfig()
+  assert batch == 2 and steps == (config.niter + config.niter_decay) * config.epoch_size // batch
+  assert set(api.TRAIN_DEFAULTS) == set(api.TRAINABLE_METHODS)
+  assert api.train_settings("adain") == (8, 160_000)
+  assert api.train_settings("johnson", batch_size=2, steps=7) == (2, 7)
