@@ -194,7 +194,9 @@ def _plan(weights: str, directory: str) -> Tuple[str, Callable[[], str], Callabl
     return f"{weights}.msgpack", lambda: torchvision_pth.locate(depth, directory), convert, True
   path = os.path.abspath(os.path.expanduser(weights))
   stem = os.path.splitext(os.path.basename(path))[0]
-  key = hashlib.sha256(path.encode()).hexdigest()[:10]
+  # The suffix renames files converted before .pth conventions were detected (Caffe conversions
+  # were cached as 'torchvision'), so they are converted again instead of being reused.
+  key = hashlib.sha256((path + "|conventions-2").encode()).hexdigest()[:10]
   return f"{stem}-{key}.msgpack", lambda: path, formats.convert_file, True
 
 
