@@ -204,9 +204,14 @@ def config_from_dict(cls: Any, values: dict, *, strict: bool = True) -> Any:
     raise CheckpointError(f"checkpoint config has unknown {cls.__name__} settings: {sorted(unknown)}")
   for key, value in values.items():
     if key in fields and not _fits(value, fields[key].default):
-      raise CheckpointError(f"checkpoint config has {key}={value!r} where a "
-                            f"{type(fields[key].default).__name__} belongs (config.json edited?)")
+      kind = _KINDS.get(type(fields[key].default).__name__, "another type")
+      raise CheckpointError(f"checkpoint config has {key}={value!r} where {kind} belongs "
+                            "(config.json edited?)")
   return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in fields})
+
+
+_KINDS = {"bool": "true/false", "int": "an integer", "float": "a number", "str": "a string",
+          "tuple": "a list"}
 
 
 def _fits(value: Any, default: Any) -> bool:

@@ -167,7 +167,7 @@ def checkpoint_tables(p, d, johnson_wd):
       ("ckpt_one_pixel", {"content": p["one.png"]}, ("ok", (32, 32, 3))),
       ("ckpt_thin_content", {"content": p["thin.png"]}, ("error", "too small for this network")),
       ("ckpt_config_width", {"checkpoint": edited["width"]}, ("error", "does not fit the model")),
-      ("ckpt_config_type", {"checkpoint": edited["type"]}, ("error", "num_residual='abc' where a int belongs")),
+      ("ckpt_config_type", {"checkpoint": edited["type"]}, ("error", "num_residual='abc' where an integer belongs")),
   ]
   for name, flags, expect in stylize:
     args = _argv({**base, "output": out(name), "size": 32, **flags})
