@@ -49,13 +49,17 @@ class OptimizerSpec:
     raise ConfigError(f"unknown optimizer {self.name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
-def make_optimizer(name: str = "lbfgs", learning_rate: Optional[float] = None) -> OptimizerSpec:
-  """Validates the user's optimiser choice."""
+def make_optimizer(name: str = "lbfgs", learning_rate: Optional[float] = None,
+                   memory_size: int = 20) -> OptimizerSpec:
+  """Validates the user's optimiser choice (`memory_size`: L-BFGS curvature pairs)."""
   if name not in OPTIMIZERS:
     raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
   if learning_rate is not None and not learning_rate > 0:
     raise ConfigError(f"learning rate must be positive, got {learning_rate}")
-  return OptimizerSpec(name, None if learning_rate is None else float(learning_rate))
+  if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size < 1:
+    raise ConfigError(f"lbfgs_memory must be a positive integer, got {memory_size!r}")
+  return OptimizerSpec(name, None if learning_rate is None else float(learning_rate),
+                       memory_size)
 
 
 def to_image(z: jax.Array, slack: float = DEFAULT_SLACK) -> jax.Array:

@@ -106,6 +106,11 @@ def test_optimizer_and_init_validation(content):
     optimize.make_optimizer("sgd")
   with pytest.raises(ConfigError, match="learning rate"):
     optimize.make_optimizer("adam", -1.0)
+  with pytest.raises(ConfigError, match="lbfgs_memory must be a positive integer"):
+    optimize.make_optimizer("lbfgs", None, 0)
+  # The history length reaches optax: its state stores that many curvature pairs.
+  state = optimize.make_optimizer("lbfgs", None, 7).build().init(jnp.zeros((4, 3)))
+  assert {leaf.shape for leaf in jax.tree_util.tree_leaves(state) if leaf.ndim == 3} == {(7, 4, 3)}
   x = optimize.initial_image("noise", None, (6, 5), seed=3)
   assert x.shape == (6, 5, 3) and 0 <= x.min() and x.max() <= 1 and x.std() > 0.2
   np.testing.assert_array_equal(x, optimize.initial_image("noise", None, (6, 5), seed=3))

@@ -44,6 +44,7 @@ class GatysConfig:
     gram_normalize: 'chw' (divide by C*H*W), 'hw' or 'none'.
     scales: coarse-to-fine pyramid levels (1 = optimise at full size only).
     pooling: loss network pooling, 'max' or 'avg' (the paper prefers avg).
+    lbfgs_memory: curvature pairs L-BFGS keeps (memory: 2 images' worth per pair).
     slack: pixel-range slack of the optimiser's sigmoid box (see `jaxstyle.optimize`).
   """
   content_layers: Tuple[str, ...] = ("relu4_2",)
@@ -58,6 +59,7 @@ class GatysConfig:
   scales: int = 1
   pooling: str = "max"
   slack: float = optimize.DEFAULT_SLACK
+  lbfgs_memory: int = 20          # L-BFGS curvature pairs (neural-style-pt keeps 100)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +171,7 @@ def stylize(content: Optional[np.ndarray], styles: Sequence[np.ndarray], config:
     raise ConfigError("preserve_color needs a content image")
   if not 0.0 <= alpha <= 1.0:
     raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
-  spec = optimize.make_optimizer(optimizer, learning_rate)
+  spec = optimize.make_optimizer(optimizer, learning_rate, config.lbfgs_memory)
   loss_net = loss_net.replace_options(pooling=config.pooling)
 
   if preserve_color == "histogram":

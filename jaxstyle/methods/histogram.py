@@ -49,6 +49,7 @@ class HistogramConfig:
     histogram_method: 'sort' (exact quantile matching) or 'bins' (the co-author's 256 bins).
     scales: coarse-to-fine pyramid levels.
     pooling: loss network pooling.
+    lbfgs_memory: curvature pairs L-BFGS keeps (memory: 2 images' worth per pair).
     slack: pixel-range slack of the optimiser's sigmoid box.
   """
   content_layers: Tuple[str, ...] = ("relu4_2",)
@@ -67,6 +68,7 @@ class HistogramConfig:
   scales: int = 3
   pooling: str = "max"
   slack: float = optimize.DEFAULT_SLACK
+  lbfgs_memory: int = 20          # L-BFGS curvature pairs (neural-style-pt keeps 100)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +168,7 @@ def synthesize(content: Optional[np.ndarray], styles: Sequence[np.ndarray], conf
   """
   _check_config(config, loss_net)
   styles, blend, masks, hw = optimize.check_inputs(content, styles, style_weights, masks, size)
-  spec = optimize.make_optimizer(optimizer, learning_rate)
+  spec = optimize.make_optimizer(optimizer, learning_rate, config.lbfgs_memory)
   loss_net = loss_net.replace_options(pooling=config.pooling)
   init = init or ("noise" if content is None else "content")
   x0 = optimize.initial_image(init, content, hw, seed)
