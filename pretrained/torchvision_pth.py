@@ -144,11 +144,6 @@ def load_state_dict(path: str):
                        f"{reason[:120]}") from None
 
 
-def convert_pth(path: str, depth: Optional[int] = None) -> dict:
-  """`convert_state_dict` of the file at `path` (depth inferred when None)."""
-  return convert_state_dict(load_state_dict(path), depth, source=path)
-
-
 def hub_dir() -> str:
   """torch.hub's checkpoint folder: `$TORCH_HOME/hub/checkpoints`, default `~/.cache/torch/...`."""
   torch_home = os.environ.get("TORCH_HOME") or os.path.join(

@@ -31,7 +31,8 @@ def _caffe_input(x01):
 @pytest.mark.parametrize("depth", [16, 19])
 def test_pth_conversion_matches_torch_forward(pth_files, depth, rng):
   models, paths = pth_files
-  params = torchvision_pth.convert_pth(paths[depth])  # depth inferred from the keys
+  params, found, _ = formats.convert_file(paths[depth])  # depth inferred from the keys
+  assert found == depth
   assert sorted(params) == sorted(vgg.conv_names(depth))
   net = vgg.LossNet(params=params, depth=depth, convention="torchvision")
   x01 = rng.random((2, 32, 32, 3)).astype(np.float32)
@@ -152,7 +153,7 @@ def test_bad_files_raise_weights_error(tmp_path, hed_file, pth_files):
 def test_wrong_depth_is_named(pth_files, tmp_path):
   _, paths = pth_files
   with pytest.raises(WeightsError, match="holds VGG19 weights, expected VGG16"):
-    torchvision_pth.convert_pth(paths[19], depth=16)
+    formats.convert_file(paths[19], depth=16)
   h5 = str(tmp_path / "vgg19_like.h5")
   write_hed_h5(h5, depth=19)
   assert len(keras_h5.convert_h5(h5)) == 16

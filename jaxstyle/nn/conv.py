@@ -16,7 +16,6 @@ from flax.linen.dtypes import promote_dtype
 import jax
 import jax.numpy as jnp
 
-from jaxstyle.errors import TooSmallError
 from jaxstyle.nn import kernel_grad, reflect_conv, subpixel, winograd
 
 Array = jax.Array
@@ -32,10 +31,7 @@ def reflect_pad(x: Array, pad: int) -> Array:
   """
   if pad == 0:
     return x
-  if pad >= x.shape[1] or pad >= x.shape[2]:
-    raise TooSmallError(f"the image is too small for this network: a {x.shape[1]}x{x.shape[2]} "
-                        f"feature map cannot take {pad} px of reflection padding; use a larger "
-                        "--size (or --image_size)")
+  reflect_conv.check_pad(x, pad)
   if jax.default_backend() == "cpu":
     return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
   return _reflect_pad_one_pass(x, pad)

@@ -58,6 +58,14 @@ def _pad(x: Array, rows=(0, 0), cols=(0, 0)) -> Array:
   return jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*rows, 0), (*cols, 0), (0, 0, 0)))
 
 
+def check_pad(x: Array, pad: int) -> None:
+  """Raises TooSmallError unless `x` `[B, H, W, C]` can be reflection-padded by `pad` (< H, W)."""
+  if pad >= x.shape[1] or pad >= x.shape[2]:
+    raise TooSmallError(f"the image is too small for this network: a {x.shape[1]}x{x.shape[2]} "
+                        f"feature map cannot take {pad} px of reflection padding; use a larger "
+                        "--size (or --image_size)")
+
+
 def frame_correction(x: Array, kernel: Array) -> Array:
   """`conv(reflect_pad(x, p), kernel) - conv(zero_pad(x, p), kernel)`, `[B, H, W, F]`.
 
@@ -96,9 +104,6 @@ def conv_reflect_same(x: Array, kernel: Array, bias: Optional[Array] = None) -> 
   p = k // 2
   if k % 2 == 0 or kernel.shape[1] != k:
     raise ValueError(f"conv_reflect_same needs a square odd kernel, got {kernel.shape[:2]}")
-  if p >= x.shape[1] or p >= x.shape[2]:
-    raise TooSmallError(f"the image is too small for this network: a {x.shape[1]}x{x.shape[2]} "
-                        f"feature map cannot take {p} px of reflection padding; use a larger "
-                        "--size (or --image_size)")
+  check_pad(x, p)
   y = _conv(x, kernel, ((p, p), (p, p))) + frame_correction(x, kernel)
   return y if bias is None else y + bias

@@ -171,11 +171,7 @@ def run_stylize(request: api.StylizeRequest) -> np.ndarray:
   unknown = set(request.overrides) - {"eps"}
   if unknown:
     raise ConfigError(f"adain stylize only takes --set eps=..., got {', '.join(sorted(unknown))}")
-  eps = request.overrides.get("eps", 1e-5)
-  try:
-    eps = float(eps)
-  except (TypeError, ValueError):
-    raise ConfigError(f"bad value {eps!r} for setting 'eps': expected a number") from None
+  eps = api.apply_overrides(AdaINConfig(), request.overrides).eps
   if not eps > 0 or not np.isfinite(eps):
     raise ConfigError(f"setting 'eps' must be a positive number, got {eps}")
   if is_released_decoder(request.checkpoint):
