@@ -33,7 +33,8 @@ _DEPTH = flags.DEFINE_enum("depth", "auto", ["auto", "16", "19"],
 _CONVENTION = flags.DEFINE_enum(
     "convention", "auto", ["auto", "caffe", "torchvision"],
     "Input the weights expect: caffe = BGR 0-255 minus the ImageNet mean, torchvision = RGB [0, 1] "
-    "with mean/std; auto = caffe for .h5 and the known Caffe .pth conversions, else torchvision.")
+    "with mean/std; auto = caffe for .h5, the known Caffe .pth conversions and pytorch-AdaIN's "
+    "vgg_normalised.pth, else torchvision.")
 _OUTPUT = flags.DEFINE_string("output", None, "Converted .msgpack file (default: next to --input).")
 _FETCH_HED = flags.DEFINE_bool("fetch_hed", False,
                                "Fetch and convert the default HED VGG16 weights into the cache.")
