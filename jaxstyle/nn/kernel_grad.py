@@ -17,7 +17,7 @@ MAX_UNROLLED = 32  # images; larger batches keep XLA's batched rule (program siz
 
 
 def lax_conv(x: Array, kernel: Array, strides: int, padding="VALID") -> Array:
-  """`lax.conv_general_dilated` on NHWC images and HWIO kernels (shared with `conv`)."""
+  """`lax.conv_general_dilated` on NHWC images and HWIO kernels (shared by the conv layers)."""
   return jax.lax.conv_general_dilated(x, kernel, (strides, strides), padding,
                                       dimension_numbers=_DIMS)
 

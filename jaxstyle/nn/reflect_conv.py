@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxstyle.errors import TooSmallError
+from jaxstyle.nn import kernel_grad
 
 Array = jax.Array
 
-_DIMS = ("NHWC", "HWIO", "NHWC")
 MODES = ("pass", "border")
 _MODE = {"mode": "pass"}
 
@@ -50,10 +50,6 @@ def applies(kernel_size: int, strides: int, pad: int) -> bool:
           and kernel_size > 1 and kernel_size % 2 == 1 and pad == kernel_size // 2)
 
 
-def _conv(x: Array, kernel: Array, padding) -> Array:
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DIMS)
-
-
 def _pad(x: Array, rows=(0, 0), cols=(0, 0)) -> Array:
   return jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*rows, 0), (*cols, 0), (0, 0, 0)))
 
@@ -79,12 +75,12 @@ def frame_correction(x: Array, kernel: Array) -> Array:
   bottom = jnp.pad(jnp.flip(x[:, h - 1 - p:h - 1], 1), ((0, 0), (0, 0), (p, p), (0, 0)),
                    mode="reflect")
   # Zero rows beyond each strip stand for the interior, which the zero-padded conv already has.
-  rows = _conv(jnp.concatenate([_pad(top, rows=(0, 2 * p)), _pad(bottom, rows=(2 * p, 0))]),
-               kernel, "VALID")  # [2B, p, W, F]
+  strips = jnp.concatenate([_pad(top, rows=(0, 2 * p)), _pad(bottom, rows=(2 * p, 0))])
+  rows = kernel_grad.lax_conv(strips, kernel, 1)  # [2B, p, W, F]
   left, right = jnp.flip(x[:, :, 1:p + 1], 2), jnp.flip(x[:, :, w - 1 - p:w - 1], 2)
-  cols = _conv(jnp.concatenate([_pad(left, rows=(p, p), cols=(0, 2 * p)),
-                                _pad(right, rows=(p, p), cols=(2 * p, 0))]),
-               kernel, "VALID")  # [2B, H, p, F]
+  strips = jnp.concatenate([_pad(left, rows=(p, p), cols=(0, 2 * p)),
+                            _pad(right, rows=(p, p), cols=(2 * p, 0))])
+  cols = kernel_grad.lax_conv(strips, kernel, 1)  # [2B, H, p, F]
   return (_pad(rows[:b], rows=(0, h - p)) + _pad(rows[b:], rows=(h - p, 0))
           + _pad(cols[:b], cols=(0, w - p)) + _pad(cols[b:], cols=(w - p, 0)))
 
@@ -105,5 +101,5 @@ def conv_reflect_same(x: Array, kernel: Array, bias: Optional[Array] = None) -> 
   if k % 2 == 0 or kernel.shape[1] != k:
     raise ValueError(f"conv_reflect_same needs a square odd kernel, got {kernel.shape[:2]}")
   check_pad(x, p)
-  y = _conv(x, kernel, ((p, p), (p, p))) + frame_correction(x, kernel)
+  y = kernel_grad.lax_conv(x, kernel, 1, ((p, p), (p, p))) + frame_correction(x, kernel)
   return y if bias is None else y + bias

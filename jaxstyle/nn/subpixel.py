@@ -22,6 +22,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from jaxstyle.nn import kernel_grad
+
 Array = jax.Array
 
 # Kernel rows (or columns) summed into tap i of phase a: phase 0 reads input rows (t-1, t, t) and
@@ -98,8 +100,7 @@ def _phase_conv(xp: Array, pk: Array) -> Array:
     cols = jnp.concatenate([xp[:, i:i + h + 1, j:j + w + 1] for i in (0, 1) for j in (0, 1)],
                            axis=-1)
     return jnp.einsum("bhwc,cf->bhwf", cols, pk.reshape(-1, pk.shape[-1]))
-  return jax.lax.conv_general_dilated(xp, pk, (1, 1), "VALID",
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return kernel_grad.lax_conv(xp, pk, 1)
 
 
 def transpose_phase_kernel(kernel: Array) -> Array:
