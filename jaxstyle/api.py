@@ -4,6 +4,7 @@ The launchers turn flags into these requests and look the method up in `METHODS`
 implements the entry points it supports:
 
   run_stylize(request: StylizeRequest) -> np.ndarray[H, W, 3] float32 in [0, 1]
+  make_stylizer(request) -> (content01 -> result)   # optional: checks and loads once (see below)
   make_trainer(request: TrainRequest) -> (trainer, dataset)   # feed-forward methods only
 
 `overrides` carries `--set key=value` pairs for the method's own config dataclass; `apply_overrides`
@@ -125,6 +126,20 @@ def get_method(name: str):
   if name not in METHODS:
     raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
   return importlib.import_module(METHODS[name])
+
+
+def make_stylizer(request: StylizeRequest) -> Callable[[np.ndarray], np.ndarray]:
+  """Checks `request` and loads its model once; returns `content01 -> result` for any content.
+
+  Feed-forward methods (a `make_stylizer` in their module) load their checkpoint here, so a folder
+  of frames pays for it once; the optimisation methods run `run_stylize` per content image, and
+  their settings are checked on the first.
+  """
+  module = get_method(request.method)
+  make = getattr(module, "make_stylizer", None)
+  if make is not None:
+    return make(request)
+  return lambda content01: module.run_stylize(dataclasses.replace(request, content=content01))
 
 
 def parse_overrides(items: Sequence[str]) -> dict:

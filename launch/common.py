@@ -132,6 +132,35 @@ def _nearest_existing(path: str) -> str:
   return path
 
 
+def check_output_dir(path: str) -> str:
+  """Fails early when `path` cannot become (or is not) a writable output folder; creates nothing."""
+  if not path:
+    raise ConfigError("an output folder is required")
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(f"output {path} is a file; with a content folder --output names a folder")
+  if os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES:
+    raise ConfigError(f"with a content folder --output names a folder, got {path}")
+  _check_writable(path)
+  return path
+
+
+def _check_writable(directory: str):
+  existing = _nearest_existing(directory)
+  if not os.path.isdir(existing):
+    raise ConfigError(f"cannot create output directory {directory}: {existing} is not a directory")
+  # os.access says yes to root even on read-only mounts (and /sys, /proc): try a real file.
+  try:
+    fd, probe = tempfile.mkstemp(prefix=".jaxstyle-probe-", dir=existing)
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    if existing == directory:
+      raise ConfigError(f"output directory {directory} is not writable ({e.strerror})") from None
+    raise ConfigError(f"cannot create output directory {directory}: {existing} is not writable "
+                      f"({e.strerror})") from None
+
+
 def check_output_path(path: str, *, overwrite: bool, suffixes=IMAGE_SUFFIXES) -> str:
   """Fails early (before any compute) when `path` cannot become the requested output file.
 
@@ -147,20 +176,7 @@ def check_output_path(path: str, *, overwrite: bool, suffixes=IMAGE_SUFFIXES) ->
     raise ConfigError(f"output {path} must end in one of {', '.join(suffixes)}")
   if os.path.exists(path) and not overwrite:
     raise ConfigError(f"output {path} exists (pass --overwrite to replace it)")
-  parent = os.path.dirname(path)
-  existing = _nearest_existing(parent)
-  if not os.path.isdir(existing):
-    raise ConfigError(f"cannot create output directory {parent}: {existing} is not a directory")
-  # os.access says yes to root even on read-only mounts (and /sys, /proc): try a real file.
-  try:
-    fd, probe = tempfile.mkstemp(prefix=".jaxstyle-probe-", dir=existing)
-    os.close(fd)
-    os.unlink(probe)
-  except OSError as e:
-    if existing == parent:
-      raise ConfigError(f"output directory {parent} is not writable ({e.strerror})") from None
-    raise ConfigError(f"cannot create output directory {parent}: {existing} is not writable "
-                      f"({e.strerror})") from None
+  _check_writable(os.path.dirname(path))
   return path
 
 

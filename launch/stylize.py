@@ -5,9 +5,13 @@ r"""Stylizes an image with any jaxstyle method.
   python launch/stylize.py --method=adain --checkpoint=workdirs/adain --content=me.jpg \
       --style=a.jpg --style=b.jpg --style_weights=0.7,0.3 --alpha=0.8
   python launch/stylize.py --method=magenta --checkpoint=published --content=me.jpg --style=a.jpg
+  python launch/stylize.py --method=johnson --checkpoint=candy.pth --content=frames/ --output=out/
 """
+import contextlib
 import os
+import re
 import sys
+from typing import List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -24,8 +28,9 @@ from launch import common  # noqa: E402
 
 _METHOD = flags.DEFINE_string("method", "gatys", f"One of: {', '.join(api.METHODS)}.")
 _CONTENT = flags.DEFINE_string(
-    "content", None, "Content image. Unset: a bundled sample photo. Empty string: texture synthesis "
-    "(no content; gatys/histogram only).")
+    "content", None, "Content image, or a folder of images (e.g. video frames), each written to "
+    "<--output folder>/<name>.png (default out/stylized/) with the model loaded once. Unset: a "
+    "bundled sample photo. Empty string: texture synthesis (no content; gatys/histogram only).")
 _STYLE = flags.DEFINE_multi_string("style", [], "Style image(s); repeat for several. Unset: a sample.")
 _STYLE_WEIGHTS = flags.DEFINE_list("style_weights", [], "Blend weight per --style (normalised to sum 1).")
 _MASK = flags.DEFINE_multi_string(
@@ -55,7 +60,8 @@ _WEIGHTS = flags.DEFINE_string(
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUTPUT = flags.DEFINE_string("output", "out/stylized.png", "Where to write the result (.png/.jpg).")
 _GRID = flags.DEFINE_bool("grid", False, "Also write <output>_grid.png: content | style(s) | result.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", True, "Replace an existing output file.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", True, "Replace an existing output file. With a content "
+                                "folder, --nooverwrite skips frames already written (resumes).")
 _SET = flags.DEFINE_multi_string("set", [], "Method config override key=value (repeatable).")
 
 
@@ -66,8 +72,11 @@ def _floats(name, values):
     raise ConfigError(f"--{name} must be numbers, got {','.join(values)}") from None
 
 
-def build_request() -> api.StylizeRequest:
-  """Validates the flags and loads the images: every input error surfaces here, before compute."""
+def build_request(content_path: Optional[str] = None) -> api.StylizeRequest:
+  """Validates the flags and loads the images: every input error surfaces here, before compute.
+
+  `content_path` replaces --content (the first frame of a content folder).
+  """
   module = api.get_method(_METHOD.value)
   common.positive("size", _SIZE.value)
   common.positive("steps", _STEPS.value)
@@ -79,7 +88,9 @@ def build_request() -> api.StylizeRequest:
   if not hasattr(module, "run_stylize"):
     raise ConfigError(f"method {_METHOD.value} cannot stylize")
 
-  if _CONTENT.value is None:
+  if content_path is not None:
+    content = image.load_image(content_path, _SIZE.value)
+  elif _CONTENT.value is None:
     content = image.resize_long_side(image.sample_content(), _SIZE.value)
   elif _CONTENT.value == "":
     if _METHOD.value not in api.OPTIMIZATION_METHODS:
@@ -145,9 +156,70 @@ def _grid_styles(request) -> list:
   return styles
 
 
+@contextlib.contextmanager
+def _checkpoint_errors(request):
+  try:
+    yield
+  except flax.errors.ScopeParamShapeError as e:
+    # The workdir's config.json describes another network than its checkpoint holds.
+    raise CheckpointError(f"{request.checkpoint}: the checkpoint does not fit the model its "
+                          f"config.json describes ({str(e).splitlines()[0][:160]})") from None
+
+
+def _frames(folder: str) -> List[Tuple[str, str]]:
+  """(image path, output name) of each image directly in `folder`, in natural order."""
+  paths = sorted((os.path.join(folder, f) for f in os.listdir(folder)
+                  if not f.startswith(".") and f.lower().endswith(common.IMAGE_SUFFIXES)
+                  and os.path.isfile(os.path.join(folder, f))), key=_natural)
+  if not paths:
+    raise ConfigError(f"no images ({', '.join(common.IMAGE_SUFFIXES)}) in content folder {folder}")
+  names = [os.path.splitext(os.path.basename(p))[0] + ".png" for p in paths]
+  clash = sorted({n for n in names if names.count(n) > 1})
+  if clash:
+    raise ConfigError(f"content folder {folder} has several images named {clash[0][:-4]}.* and "
+                      "their results would share one output file")
+  return list(zip(paths, names))
+
+
+def _natural(path: str):
+  # frame_2 before frame_10.
+  return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", path)]
+
+
+def _stylize_folder(folder: str):
+  """Stylizes every image of `folder` into the --output folder with one loaded model."""
+  if _GRID.value:
+    raise ConfigError("--grid shows one result; it does not apply to a content folder")
+  out_dir = common.check_output_dir(_OUTPUT.value if flags.FLAGS["output"].present
+                                    else os.path.splitext(_OUTPUT.value)[0])
+  frames = _frames(folder)
+  todo = [(path, os.path.join(out_dir, name)) for path, name in frames
+          if _OVERWRITE.value or not os.path.exists(os.path.join(out_dir, name))]
+  if len(todo) < len(frames):
+    print(f"skipping {len(frames) - len(todo)} image(s) already in {out_dir} (--nooverwrite)")
+  if not todo:
+    return
+  request = build_request(todo[0][0])
+  first = request.content
+  with _checkpoint_errors(request):
+    stylizer = api.make_stylizer(request)
+  for path, out in tqdm.tqdm(todo, desc=request.method, unit="image", disable=None):
+    content = first if path == todo[0][0] else image.load_image(path, _SIZE.value)
+    if request.masks and content.shape[:2] != first.shape[:2]:
+      raise ConfigError(f"{path} is {content.shape[1]}x{content.shape[0]} but the masks were "
+                        f"sized for {first.shape[1]}x{first.shape[0]}: with --mask every image of "
+                        "the folder needs the first one's size")
+    with _checkpoint_errors(request):
+      result = stylizer(content)
+    image.save_image(out, np.clip(np.asarray(result, np.float32), 0.0, 1.0))
+  print(f"wrote {len(todo)} image(s) to {out_dir}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _CONTENT.value and os.path.isdir(_CONTENT.value):
+    return _stylize_folder(_CONTENT.value)
   output = common.check_output_path(_OUTPUT.value, overwrite=_OVERWRITE.value)
   grid_path = None
   if _GRID.value:
@@ -162,12 +234,8 @@ def main(argv):
       bar.update(step - bar.n)
       bar.set_postfix(loss=f"{loss:.4g}")
     request.progress = progress
-    try:
+    with _checkpoint_errors(request):
       result = api.get_method(request.method).run_stylize(request)
-    except flax.errors.ScopeParamShapeError as e:
-      # The workdir's config.json describes another network than its checkpoint holds.
-      raise CheckpointError(f"{request.checkpoint}: the checkpoint does not fit the model its "
-                            f"config.json describes ({str(e).splitlines()[0][:160]})") from None
   result = np.clip(np.asarray(result, np.float32), 0.0, 1.0)
   image.save_image(output, result)
   print(f"wrote {output}")

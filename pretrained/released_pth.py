@@ -125,8 +125,8 @@ def is_msgnet(state_dict: Mapping[str, Any]) -> bool:
 
 
 def _canonical_msgnet(entries: Dict[str, Any], source: str) -> Dict[str, Any]:
-  """Keys under `model.` only: `Net` registers its encoder and CoMatch twice (`model1.*` = `model.0.*`,
-  `ins.weight` = `model.1.weight`), so its state dict holds both names for the same tensors."""
+  """Keys under `model.` only. `Net` registers its encoder and CoMatch twice (`model1.*` is
+  `model.0.*`, `ins.weight` is `model.1.weight`), so its state dict names each tensor twice."""
   out = {}
   for key, value in entries.items():
     if key.startswith("model1."):

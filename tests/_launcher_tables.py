@@ -44,7 +44,9 @@ def stylize_table(p, d):
       ("empty", {"content": p["empty.png"]}, "is empty"),
       ("truncated", {"content": p["cut.png"]}, "corrupt or truncated"),
       ("text_as_jpg", {"style": p["notes.jpg"]}, "not an image"),
-      ("folder_as_image", {"content": p["folder.png"]}, "is a directory"),
+      ("folder_as_image", {"style": p["folder.png"]}, "is a directory"),
+      # A content folder is stylized image by image: into a folder, not one image file.
+      ("content_folder_to_file", {"content": p["folder.png"]}, "--output names a folder"),
       ("bomb", {"style": p["bomb.png"]}, "pixels"),
       ("missing_style", {"style": "/nonexistent/style.jpg"}, "does not exist"),
       ("weights_noise", {"weights": p["noise.msgpack"]}, "noise.msgpack"),

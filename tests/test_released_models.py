@@ -80,7 +80,8 @@ def test_key_layouts_are_the_references(files):
   for key in ("model1.0.conv2d.weight", "model.0.3.conv_block.5.conv2d.weight",
               "model.0.3.conv_block.3.running_mean", "model.0.4.residual_layer.weight",
               "ins.weight", "model.1.weight", "model.4.conv_block.8.bias",
-              "model.5.residual_layer.conv2d.weight", "model.8.conv2d.weight"):  # 2 blocks, so the 7x7 out is 8th
+              "model.5.residual_layer.conv2d.weight",
+              "model.8.conv2d.weight"):  # with 2 blocks the 7x7 output conv is module 8
     assert key in sds["msgnet"], key
 
 

@@ -8,6 +8,7 @@ released pytorch-AdaIN files; stylize, run_stylize for `launch/stylize.py`).
 from jaxstyle.methods.adain.inference import AdaINModel
 from jaxstyle.methods.adain.inference import load
 from jaxstyle.methods.adain.inference import load_released
+from jaxstyle.methods.adain.inference import make_stylizer
 from jaxstyle.methods.adain.inference import run_stylize
 from jaxstyle.methods.adain.inference import stylize
 from jaxstyle.methods.adain.model import AdaINConfig

@@ -9,7 +9,7 @@ style.
 import dataclasses
 import functools
 import os
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -160,8 +160,9 @@ def stylize(model: AdaINModel, params: Any, content01: np.ndarray,
   return out
 
 
-def run_stylize(request: api.StylizeRequest) -> np.ndarray:
-  """`launch/stylize.py --method=adain --checkpoint=<workdir or pytorch-AdaIN decoder.pth>`."""
+def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndarray]:
+  """`launch/stylize.py --method=adain --checkpoint=<workdir or pytorch-AdaIN decoder.pth>`:
+  checks the request and loads the model once; the result stylizes any content image."""
   if request.checkpoint is None:
     raise ConfigError("adain needs --checkpoint=<training workdir or pytorch-AdaIN decoder.pth>")
   if request.content is None:
@@ -183,9 +184,17 @@ def run_stylize(request: api.StylizeRequest) -> np.ndarray:
     if request.weights not in (DEFAULT_WEIGHTS, trained_with):
       raise ConfigError(f"{request.checkpoint} was trained with --weights={trained_with}, "
                         f"not {request.weights}")
-  out = stylize(model, params, request.content, request.styles,
-                style_weights=request.style_weights, alpha=request.alpha, masks=request.masks,
-                preserve_color=request.preserve_color, eps=eps)
-  if request.progress is not None:
-    request.progress(1, 0.0)
-  return out
+
+  def stylizer(content01: np.ndarray) -> np.ndarray:
+    out = stylize(model, params, content01, request.styles, style_weights=request.style_weights,
+                  alpha=request.alpha, masks=request.masks, preserve_color=request.preserve_color,
+                  eps=eps)
+    if request.progress is not None:
+      request.progress(1, 0.0)
+    return out
+  return stylizer
+
+
+def run_stylize(request: api.StylizeRequest) -> np.ndarray:
+  """`make_stylizer(request)` applied to `request.content`."""
+  return make_stylizer(request)(request.content)

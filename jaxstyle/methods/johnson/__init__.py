@@ -6,6 +6,7 @@ One feed-forward image transformation network per style, trained with a VGG perc
 """
 from jaxstyle.methods.johnson.inference import load
 from jaxstyle.methods.johnson.inference import grid_style_paths
+from jaxstyle.methods.johnson.inference import make_stylizer
 from jaxstyle.methods.johnson.inference import run_stylize
 from jaxstyle.methods.johnson.inference import stylize
 from jaxstyle.methods.johnson.model import JohnsonConfig

@@ -5,7 +5,7 @@ fast_neural_style (`candy.pth`, `mosaic.pth`, ...), which `load_released` conver
 """
 import functools
 import os
-from typing import Any, Tuple
+from typing import Any, Callable, Tuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -80,8 +80,9 @@ def stylize(model: TransformerNet, params: Any, content01: np.ndarray, *,
   return out
 
 
-def run_stylize(request: api.StylizeRequest) -> np.ndarray:
-  """`launch/stylize.py --method=johnson --checkpoint=<workdir or .pth>` (the style is baked in)."""
+def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndarray]:
+  """`launch/stylize.py --method=johnson --checkpoint=<workdir or .pth>` (the style is baked in):
+  checks the request and loads the model once; the result stylizes any content image."""
   if request.checkpoint is None:
     raise ConfigError("johnson needs --checkpoint=<training workdir or fast_neural_style .pth>")
   if request.content is None:
@@ -101,7 +102,12 @@ def run_stylize(request: api.StylizeRequest) -> np.ndarray:
   if request.overrides:
     raise ConfigError(f"johnson stylize takes no --set options, got {', '.join(request.overrides)}")
   model, params, _ = load_any(request.checkpoint)
-  return stylize(model, params, request.content, preserve_color=request.preserve_color)
+  return functools.partial(stylize, model, params, preserve_color=request.preserve_color)
+
+
+def run_stylize(request: api.StylizeRequest) -> np.ndarray:
+  """`make_stylizer(request)` applied to `request.content`."""
+  return make_stylizer(request)(request.content)
 
 
 def grid_style_paths(request: api.StylizeRequest) -> list:

@@ -8,6 +8,7 @@ TF-Lite weights: `--checkpoint=published`).
 from jaxstyle.methods.magenta.inference import embed
 from jaxstyle.methods.magenta.inference import load
 from jaxstyle.methods.magenta.inference import MagentaModel
+from jaxstyle.methods.magenta.inference import make_stylizer
 from jaxstyle.methods.magenta.inference import run_stylize
 from jaxstyle.methods.magenta.inference import stylize
 from jaxstyle.methods.magenta.model import ArbitraryStyleNet

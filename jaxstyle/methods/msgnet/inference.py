@@ -9,7 +9,7 @@ several styles blend by mixing their Grams linearly.
 """
 import functools
 import os
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -145,8 +145,9 @@ def _training_styles(paths: Sequence[str], indices: Sequence[int], size: int):
   return styles
 
 
-def run_stylize(request: api.StylizeRequest) -> np.ndarray:
-  """`launch/stylize.py --method=msgnet --checkpoint=<workdir or 21styles.model>`.
+def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndarray]:
+  """`launch/stylize.py --method=msgnet --checkpoint=<workdir or 21styles.model>`: checks the
+  request and loads the model and styles once; the result stylizes any content image.
 
   Honours --style (any image; several blend with --style_weights), --style_index (the training
   styles by index, instead of --style), --style_size (brush size) and --preserve_color.
@@ -171,5 +172,10 @@ def run_stylize(request: api.StylizeRequest) -> np.ndarray:
   weights = request.style_weights
   if weights is not None and len(weights) != len(styles):
     raise ConfigError(f"--style_weights has {len(weights)} values for {len(styles)} styles")
-  return stylize(model, params, request.content, styles, style_weights=weights,
-                 style_size=request.style_size, preserve_color=request.preserve_color)
+  return functools.partial(stylize, model, params, styles=styles, style_weights=weights,
+                           style_size=request.style_size, preserve_color=request.preserve_color)
+
+
+def run_stylize(request: api.StylizeRequest) -> np.ndarray:
+  """`make_stylizer(request)` applied to `request.content`."""
+  return make_stylizer(request)(request.content)

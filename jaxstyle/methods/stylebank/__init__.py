@@ -7,6 +7,7 @@ styles), `checkpoints` (load) and `inference` (stylize, run_stylize).
 """
 from jaxstyle.methods.stylebank.checkpoints import load
 from jaxstyle.methods.stylebank.inference import grid_style_paths
+from jaxstyle.methods.stylebank.inference import make_stylizer
 from jaxstyle.methods.stylebank.inference import run_stylize
 from jaxstyle.methods.stylebank.inference import stylize
 from jaxstyle.methods.stylebank.model import StyleBankConfig

@@ -1,6 +1,6 @@
 """Stylizing with a trained StyleBank: one bank, linear fusion of banks, region fusion by masks."""
 import functools
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -105,8 +105,9 @@ def stylize(net: StyleBankNet, params: Dict[str, Any], content01: np.ndarray, *,
   return out
 
 
-def run_stylize(request: api.StylizeRequest) -> np.ndarray:
-  """`launch/stylize.py --method=stylebank --checkpoint=<workdir> --style_index=...`.
+def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndarray]:
+  """`launch/stylize.py --method=stylebank --checkpoint=<workdir> --style_index=...`: checks the
+  request and loads the model once; the result stylizes any content image.
 
   The styles live in the banks, so --style images are not used; --style_weights and --mask count
   per --style_index entry.
@@ -123,9 +124,14 @@ def run_stylize(request: api.StylizeRequest) -> np.ndarray:
         f"stylebank stylize takes no --set options, got {', '.join(request.overrides)}")
   net, params, _ = load(request.checkpoint)
   index = list(request.style_index or [0])
-  return stylize(net, params, request.content, style_index=index,
-                 style_weights=request.style_weights, masks=request.masks, alpha=request.alpha,
-                 preserve_color=request.preserve_color)
+  return functools.partial(stylize, net, params, style_index=index,
+                           style_weights=request.style_weights, masks=request.masks,
+                           alpha=request.alpha, preserve_color=request.preserve_color)
+
+
+def run_stylize(request: api.StylizeRequest) -> np.ndarray:
+  """`make_stylizer(request)` applied to `request.content`."""
+  return make_stylizer(request)(request.content)
 
 
 def grid_style_paths(request: api.StylizeRequest) -> list:

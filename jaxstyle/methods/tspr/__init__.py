@@ -7,6 +7,7 @@ result. Trained adversarially with metric learning on style codes over painter c
 
   make_trainer(request) -> (trainer, dataset)    # launch/train.py --method=tspr
   run_stylize(request) -> image                  # launch/stylize.py --method=tspr --checkpoint=...
+  make_stylizer(request) -> (content -> image)   # the same, loading once for a folder of images
   load(workdir) -> (model, variables, config); stylize(model, variables, content, styles, ...)
 """
 from absl import logging
@@ -14,7 +15,7 @@ from absl import logging
 from jaxstyle import api
 from jaxstyle.methods.tspr.config import TSPRConfig, validate
 from jaxstyle.methods.tspr.data import TSPRPairs, make_dataset
-from jaxstyle.methods.tspr.inference import load, run_stylize, stylize
+from jaxstyle.methods.tspr.inference import load, make_stylizer, run_stylize, stylize
 from jaxstyle.methods.tspr.trainer import TSPRTrainer
 from jaxstyle.train.precision import compute_dtype
 
@@ -39,5 +40,5 @@ def make_trainer(request: api.TrainRequest):
   return trainer, dataset
 
 
-__all__ = ["TSPRConfig", "TSPRPairs", "TSPRTrainer", "load", "make_trainer", "run_stylize",
-           "stylize"]
+__all__ = ["TSPRConfig", "TSPRPairs", "TSPRTrainer", "load", "make_stylizer", "make_trainer",
+           "run_stylize", "stylize"]

@@ -6,7 +6,7 @@ peer graph (their latent positions are pooled), which is what the reference's la
 batch of peers.
 """
 import functools
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -86,8 +86,9 @@ def stylize(model: Generator, variables: Dict[str, Any], content: np.ndarray,
   return np.clip(out[p:p + h, p:p + w], 0.0, 1.0)
 
 
-def run_stylize(request: api.StylizeRequest) -> np.ndarray:
-  """`launch/stylize.py --method=tspr --checkpoint=WORKDIR` entry point."""
+def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndarray]:
+  """`launch/stylize.py --method=tspr --checkpoint=WORKDIR`: checks the request and loads the
+  model once; the result stylizes any content image."""
   if request.checkpoint is None:
     raise ConfigError("--method=tspr needs --checkpoint=<training workdir>")
   if request.content is None:
@@ -109,15 +110,22 @@ def run_stylize(request: api.StylizeRequest) -> np.ndarray:
   config = validate(api.apply_overrides(config, request.overrides))
   if config.knn != model.knn or config.knn_chunk != model.knn_chunk:
     model = model.clone(knn=config.knn, knn_chunk=config.knn_chunk)
-  styles = list(request.styles)
-  if request.preserve_color == "histogram":  # Gatys et al. 2017: recolour the style to the content
-    styles = [image_lib.match_color(s, request.content) for s in styles]
-  for s in styles:
+  for s in request.styles:
     if (s.shape[0] // 4) * (s.shape[1] // 4) < config.knn:
       raise ConfigError(f"style image {s.shape[1]}x{s.shape[0]} is too small for knn={config.knn}")
-  out = stylize(model, variables, request.content, styles,
-                recombine_content=config.stylize_content, recombine_style=config.stylize_style,
-                pad=config.pad)
-  if request.preserve_color == "luminance":
-    out = image_lib.luminance_transfer(request.content, out)
-  return out
+
+  def stylizer(content01: np.ndarray) -> np.ndarray:
+    styles = list(request.styles)
+    if request.preserve_color == "histogram":  # Gatys et al. 2017: style recoloured to content
+      styles = [image_lib.match_color(s, content01) for s in styles]
+    out = stylize(model, variables, content01, styles, recombine_content=config.stylize_content,
+                  recombine_style=config.stylize_style, pad=config.pad)
+    if request.preserve_color == "luminance":
+      out = image_lib.luminance_transfer(content01, out)
+    return out
+  return stylizer
+
+
+def run_stylize(request: api.StylizeRequest) -> np.ndarray:
+  """`make_stylizer(request)` applied to `request.content`."""
+  return make_stylizer(request)(request.content)
