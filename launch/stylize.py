@@ -8,6 +8,7 @@ r"""Stylizes an image with any jaxstyle method.
   python launch/stylize.py --method=johnson --checkpoint=candy.pth --content=frames/ --output=out/
 """
 import contextlib
+import dataclasses
 import os
 import re
 import sys
@@ -39,7 +40,9 @@ _SIZE = flags.DEFINE_integer("size", 256, "Long side of the output image in pixe
 _STEPS = flags.DEFINE_integer("steps", 100, "Optimisation steps (gatys/histogram), per scale.")
 _OPTIMIZER = flags.DEFINE_enum("optimizer", "lbfgs", ["lbfgs", "adam"], "Optimiser (gatys/histogram).")
 _LR = flags.DEFINE_float("learning_rate", None, "Optimiser learning rate; unset = the method's default.")
-_INIT = flags.DEFINE_string("init", "content", "Start image: content, noise, or a path (gatys/histogram).")
+_INIT = flags.DEFINE_string(
+    "init", "content", "Start image (gatys/histogram): content, noise, a path, or with a content "
+    "folder `previous`: each image starts from the previous one's result (steadier video).")
 _ALPHA = flags.DEFINE_float(
     "alpha", 1.0, "Content (0) to style (1) trade-off (gatys, adain, magenta, stylebank).")
 _COLOR = flags.DEFINE_enum("preserve_color", "none", ["none", "luminance", "histogram"],
@@ -123,9 +126,16 @@ def build_request(content_path: Optional[str] = None) -> api.StylizeRequest:
     if content is None:
       raise ConfigError("--mask needs a --content image")
     masks = [image.load_mask(p, content.shape[:2]) for p in _MASK.value]
-  if _INIT.value not in ("content", "noise") and not os.path.isfile(_INIT.value):
+  if _INIT.value == "previous":
+    if content_path is None:
+      raise ConfigError("--init=previous needs a content folder (e.g. video frames)")
+    if _METHOD.value not in api.OPTIMIZATION_METHODS:
+      raise ConfigError(f"--init applies to {', '.join(api.OPTIMIZATION_METHODS)}, not "
+                        f"{_METHOD.value}")
+    init = "content"  # the first image; `_stylize_folder` chains the rest
+  elif _INIT.value not in ("content", "noise") and not os.path.isfile(_INIT.value):
     raise ConfigError(f"--init must be content, noise or an existing image file, got {_INIT.value!r}")
-  if _INIT.value == "content" and content is None:
+  elif _INIT.value == "content" and content is None:
     init = "noise"
   else:
     init = _INIT.value
@@ -193,8 +203,10 @@ def _stylize_folder(folder: str):
   out_dir = common.check_output_dir(_OUTPUT.value if flags.FLAGS["output"].present
                                     else os.path.splitext(_OUTPUT.value)[0])
   frames = _frames(folder)
-  todo = [(path, os.path.join(out_dir, name)) for path, name in frames
-          if _OVERWRITE.value or not os.path.exists(os.path.join(out_dir, name))]
+  # (image, its output, the output of the image before it: --init=previous starts from that)
+  outs = [os.path.join(out_dir, name) for _, name in frames]
+  todo = [(path, out, outs[i - 1] if i else None) for i, ((path, _), out) in
+          enumerate(zip(frames, outs)) if _OVERWRITE.value or not os.path.exists(out)]
   if len(todo) < len(frames):
     print(f"skipping {len(frames) - len(todo)} image(s) already in {out_dir} (--nooverwrite)")
   if not todo:
@@ -203,14 +215,19 @@ def _stylize_folder(folder: str):
   first = request.content
   with _checkpoint_errors(request):
     stylizer = api.make_stylizer(request)
-  for path, out in tqdm.tqdm(todo, desc=request.method, unit="image", disable=None):
+  chain = _INIT.value == "previous"
+  for path, out, previous in tqdm.tqdm(todo, desc=request.method, unit="image", disable=None):
     content = first if path == todo[0][0] else image.load_image(path, _SIZE.value)
     if request.masks and content.shape[:2] != first.shape[:2]:
       raise ConfigError(f"{path} is {content.shape[1]}x{content.shape[0]} but the masks were "
                         f"sized for {first.shape[1]}x{first.shape[0]}: with --mask every image of "
                         "the folder needs the first one's size")
     with _checkpoint_errors(request):
-      result = stylizer(content)
+      if chain and previous is not None and os.path.isfile(previous):
+        result = api.get_method(request.method).run_stylize(
+            dataclasses.replace(request, content=content, init=previous))
+      else:
+        result = stylizer(content)
     image.save_image(out, np.clip(np.asarray(result, np.float32), 0.0, 1.0))
   print(f"wrote {len(todo)} image(s) to {out_dir}")
 

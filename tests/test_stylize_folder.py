@@ -64,11 +64,13 @@ def _finish(proc):
 def test_folder_runs_each_image_with_one_model(files):
   d = files
   johnson = ["--method=johnson", f"--checkpoint={d / 'tiny.pth'}", "--size=48"]
+  gatys = ["--method=gatys", "--content=frames/", "--size=32", "--steps=2", "--optimizer=adam",
+           f"--weights={d / 'vgg.msgpack'}", "--set=content_layers=relu2_2",
+           "--set=style_layers=relu1_1"]
   runs = {
       "johnson": _run(johnson + ["--content=frames", "--output=out_j"], d),
-      "gatys": _run(["--method=gatys", "--content=frames/", "--output=out_g", "--size=32",
-                     "--steps=2", "--optimizer=adam", f"--weights={d / 'vgg.msgpack'}",
-                     "--set=content_layers=relu2_2", "--set=style_layers=relu1_1"], d),
+      "gatys": _run(gatys + ["--output=out_g"], d),
+      "chained": _run(gatys + ["--output=out_c", "--init=previous"], d),
   }
   results = {k: _finish(p) for k, p in runs.items()}
   for k, (rc, out, err) in results.items():
@@ -86,6 +88,13 @@ def test_folder_runs_each_image_with_one_model(files):
     assert max(Image.open(str(d / "out_g" / out_name)).size) == 32
   assert sorted(os.listdir(str(d / "out_j"))) == sorted(
       os.path.splitext(n)[0] + ".png" for n in FRAMES)  # no temporary files left
+  # --init=previous: after the first, each result starts from (stays near) the one before it.
+  load = lambda folder, name: image_lib.load_image(str(d / folder / name))  # noqa: E731
+  np.testing.assert_array_equal(load("out_c", "frame_1.png"), load("out_g", "frame_1.png"))
+  for before, name in (("frame_1.png", "frame_2.png"), ("frame_2.png", "frame_10.png")):
+    chained, alone = load("out_c", name), load("out_g", name)
+    start = image_lib.resize(load("out_c", before), chained.shape[:2])
+    assert np.abs(chained - start).mean() < 0.5 * np.abs(alone - start).mean(), name
 
 
 def test_nooverwrite_resumes(files):
@@ -120,6 +129,10 @@ def test_folder_errors_are_one_line(files, tmp_path):
       "no images": [f"--content={tmp_path / 'empty'}", f"--output={tmp_path / 'e'}"],
       "several images named a.*": [f"--content={clash}", f"--output={tmp_path / 'c'}"],
       "1.png": [f"--content={torn}", f"--output={tmp_path / 't'}"],
+      "--init applies to gatys, histogram": ["--content=frames", "--init=previous",
+                                             f"--output={tmp_path / 'i'}"],
+      "--init=previous needs a content folder": [f"--content={torn / '0.png'}", "--init=previous",
+                                                 f"--output={tmp_path / 'i.png'}"],
   }
   procs = {k: _run(base + v, d) for k, v in cases.items()}
   for message, proc in procs.items():
@@ -128,7 +141,7 @@ def test_folder_errors_are_one_line(files, tmp_path):
     assert message in err.strip().splitlines()[-1], (message, err[-500:])
   # The torn frame stops the run after the good one, which is complete; nothing half-written.
   assert os.listdir(str(tmp_path / "t")) == ["0.png"]
-  for name in ("g", "x.png", "e", "c"):
+  for name in ("g", "x.png", "e", "c", "i", "i.png"):
     assert not os.path.exists(str(tmp_path / name))
 
 
