@@ -202,6 +202,8 @@ def _stylize_folder(folder: str):
     raise ConfigError("--grid shows one result; it does not apply to a content folder")
   out_dir = common.check_output_dir(_OUTPUT.value if flags.FLAGS["output"].present
                                     else os.path.splitext(_OUTPUT.value)[0])
+  if os.path.realpath(out_dir) == os.path.realpath(folder):
+    raise ConfigError(f"--output {out_dir} is the content folder: results would replace its images")
   frames = _frames(folder)
   # (image, its output, the output of the image before it: --init=previous starts from that)
   outs = [os.path.join(out_dir, name) for _, name in frames]

@@ -129,6 +129,7 @@ def test_folder_errors_are_one_line(files, tmp_path):
       "no images": [f"--content={tmp_path / 'empty'}", f"--output={tmp_path / 'e'}"],
       "several images named a.*": [f"--content={clash}", f"--output={tmp_path / 'c'}"],
       "1.png": [f"--content={torn}", f"--output={tmp_path / 't'}"],
+      "is the content folder": [f"--content={torn}", f"--output={torn}/"],
       "--init applies to gatys, histogram": ["--content=frames", "--init=previous",
                                              f"--output={tmp_path / 'i'}"],
       "--init=previous needs a content folder": [f"--content={torn / '0.png'}", "--init=previous",
