@@ -8,6 +8,21 @@ from jaxstyle import image
 from jaxstyle.errors import ConfigError
 
 
+def request_stylizer(stylize: Callable[..., np.ndarray], request: Any,
+                     **settings) -> Callable[[np.ndarray], np.ndarray]:
+  """`content01 -> stylize(content01, styles, ...)` with the request's styles, blend weights,
+  alpha, masks and colour mode (plus `settings`), reporting one step to `request.progress`."""
+
+  def stylizer(content01: np.ndarray) -> np.ndarray:
+    out = stylize(content01, request.styles, style_weights=request.style_weights,
+                  alpha=request.alpha, masks=request.masks, preserve_color=request.preserve_color,
+                  **settings)
+    if request.progress is not None:
+      request.progress(1, 0.0)
+    return out
+  return stylizer
+
+
 def check_inputs(method: str, content01: Optional[np.ndarray], styles01: Sequence[np.ndarray],
                  style_weights: Optional[Sequence[float]],
                  masks: Optional[Sequence[np.ndarray]]) -> List[float]:

@@ -184,15 +184,7 @@ def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndar
     if request.weights not in (DEFAULT_WEIGHTS, trained_with):
       raise ConfigError(f"{request.checkpoint} was trained with --weights={trained_with}, "
                         f"not {request.weights}")
-
-  def stylizer(content01: np.ndarray) -> np.ndarray:
-    out = stylize(model, params, content01, request.styles, style_weights=request.style_weights,
-                  alpha=request.alpha, masks=request.masks, preserve_color=request.preserve_color,
-                  eps=eps)
-    if request.progress is not None:
-      request.progress(1, 0.0)
-    return out
-  return stylizer
+  return controls.request_stylizer(functools.partial(stylize, model, params), request, eps=eps)
 
 
 def run_stylize(request: api.StylizeRequest) -> np.ndarray:

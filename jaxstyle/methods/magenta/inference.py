@@ -147,14 +147,7 @@ def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndar
     raise ConfigError(f"{request.checkpoint} was trained with --weights={trained_with}, "
                       f"not {request.weights}")
   model, params, _ = load(request.checkpoint)
-
-  def stylizer(content01: np.ndarray) -> np.ndarray:
-    out = stylize(model, params, content01, request.styles, style_weights=request.style_weights,
-                  alpha=request.alpha, masks=request.masks, preserve_color=request.preserve_color)
-    if request.progress is not None:
-      request.progress(1, 0.0)
-    return out
-  return stylizer
+  return controls.request_stylizer(functools.partial(stylize, model, params), request)
 
 
 def run_stylize(request: api.StylizeRequest) -> np.ndarray:

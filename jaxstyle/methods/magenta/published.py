@@ -262,14 +262,7 @@ def make_stylizer(request) -> Callable[[np.ndarray], np.ndarray]:
                       "model, which brings its own MobileNetV2 style predictor")
   source = None if request.checkpoint == NAME else request.checkpoint
   params = onnx_magenta.load_params(source)
-
-  def stylizer(content01: np.ndarray) -> np.ndarray:
-    out = stylize(params, content01, request.styles, style_weights=request.style_weights,
-                  alpha=request.alpha, masks=request.masks, preserve_color=request.preserve_color)
-    if request.progress is not None:
-      request.progress(1, 0.0)
-    return out
-  return stylizer
+  return controls.request_stylizer(functools.partial(stylize, params), request)
 
 
 def run_stylize(request) -> np.ndarray:
