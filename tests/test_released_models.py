@@ -118,6 +118,25 @@ def test_msgnet_released_matches_torch(files, rng):
   np.testing.assert_allclose(out, np.clip(want[0], 0, 1), atol=2e-4 * np.abs(want).max())
 
 
+def test_msgnet_stylizer_encodes_the_style_once(files, rng, monkeypatch):
+  _, paths, _, _ = files
+  style = rng.random((28, 36, 3)).astype(np.float32)
+  contents = [rng.random((32, 40, 3)).astype(np.float32) for _ in range(2)]
+  model, params, _ = msgnet_inference.load(paths["msgnet"])
+  want = [msgnet.stylize(model, params, c, [style], preserve_color="luminance") for c in contents]
+  calls = []
+  real = msgnet_inference.style_gram
+  monkeypatch.setattr(msgnet_inference, "style_gram",
+                      lambda *a, **k: calls.append(1) or real(*a, **k))
+  request = api.StylizeRequest(method="msgnet", content=contents[0], styles=[style],
+                               checkpoint=paths["msgnet"], preserve_color="luminance")
+  stylizer = msgnet_inference.make_stylizer(request)
+  got = [stylizer(c) for c in contents]
+  assert len(calls) == 1
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, atol=1e-5)
+
+
 def test_reference_size_networks_map_onto_the_default_configs():
   params, config = released_pth.convert_msgnet(MultiStyleNet().state_dict())
   assert config == msgnet.MSGNetConfig(output_offset=0.0)

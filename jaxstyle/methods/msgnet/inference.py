@@ -115,13 +115,24 @@ def stylize(model: MSGNet, params: Any, content01: np.ndarray, styles: Sequence[
     preserve_color: 'luminance' keeps the content's chrominance; 'histogram' recolours each style
       to the content's colour statistics before encoding it (Gatys et al. 2017 colour control).
   """
-  if preserve_color not in COLOR_MODES:
-    raise ConfigError(f"msgnet supports --preserve_color={'|'.join(COLOR_MODES)}, "
-                      f"got {preserve_color}")
+  _check_color(preserve_color)
   content01 = np.asarray(content01, np.float32)
   if preserve_color == "histogram":
     styles = [image.match_color(np.asarray(s, np.float32), content01) for s in styles]
   gram = style_gram(model, params, styles, style_weights=style_weights, style_size=style_size)
+  return _stylize_gram(model, params, content01, gram=gram, preserve_color=preserve_color)
+
+
+def _check_color(preserve_color: str):
+  if preserve_color not in COLOR_MODES:
+    raise ConfigError(f"msgnet supports --preserve_color={'|'.join(COLOR_MODES)}, "
+                      f"got {preserve_color}")
+
+
+def _stylize_gram(model: MSGNet, params: Any, content01: np.ndarray, *, gram: jax.Array,
+                  preserve_color: str) -> np.ndarray:
+  """`stylize` towards a style Gram already computed."""
+  content01 = np.asarray(content01, np.float32)
   out = np.asarray(_apply(model, params, jnp.asarray(content01)[None], gram))[0]
   out = np.clip(out, 0.0, 1.0)
   if preserve_color == "luminance":
@@ -172,8 +183,14 @@ def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndar
   weights = request.style_weights
   if weights is not None and len(weights) != len(styles):
     raise ConfigError(f"--style_weights has {len(weights)} values for {len(styles)} styles")
-  return functools.partial(stylize, model, params, styles=styles, style_weights=weights,
-                           style_size=request.style_size, preserve_color=request.preserve_color)
+  _check_color(request.preserve_color)
+  if request.preserve_color == "histogram":  # the styles are recoloured to each content image
+    return functools.partial(stylize, model, params, styles=styles, style_weights=weights,
+                             style_size=request.style_size, preserve_color="histogram")
+  # One Gram for every content image: the style encoder runs once, not once per frame.
+  gram = style_gram(model, params, styles, style_weights=weights, style_size=request.style_size)
+  return functools.partial(_stylize_gram, model, params, gram=gram,
+                           preserve_color=request.preserve_color)
 
 
 def run_stylize(request: api.StylizeRequest) -> np.ndarray:
