@@ -10,7 +10,6 @@ r"""Stylizes an image with any jaxstyle method.
 import contextlib
 import dataclasses
 import os
-import re
 import sys
 from typing import List, Optional, Tuple
 
@@ -24,6 +23,7 @@ import tqdm  # noqa: E402
 
 from jaxstyle import api  # noqa: E402
 from jaxstyle import image  # noqa: E402
+from jaxstyle.data import folder as data_folder  # noqa: E402
 from jaxstyle.errors import CheckpointError, ConfigError, ImageError  # noqa: E402
 from launch import common  # noqa: E402
 
@@ -179,21 +179,17 @@ def _checkpoint_errors(request):
 def _frames(folder: str) -> List[Tuple[str, str]]:
   """(image path, output name) of each image directly in `folder`, in natural order."""
   paths = sorted((os.path.join(folder, f) for f in os.listdir(folder)
-                  if not f.startswith(".") and f.lower().endswith(common.IMAGE_SUFFIXES)
-                  and os.path.isfile(os.path.join(folder, f))), key=_natural)
+                  if not f.startswith(".") and f.lower().endswith(data_folder.IMAGE_SUFFIXES)
+                  and os.path.isfile(os.path.join(folder, f))), key=data_folder.natural_key)
   if not paths:
-    raise ConfigError(f"no images ({', '.join(common.IMAGE_SUFFIXES)}) in content folder {folder}")
+    raise ConfigError(f"no images ({', '.join(data_folder.IMAGE_SUFFIXES)}) in content folder "
+                      f"{folder}")
   names = [os.path.splitext(os.path.basename(p))[0] + ".png" for p in paths]
   clash = sorted({n for n in names if names.count(n) > 1})
   if clash:
     raise ConfigError(f"content folder {folder} has several images named {clash[0][:-4]}.* and "
                       "their results would share one output file")
   return list(zip(paths, names))
-
-
-def _natural(path: str):
-  # frame_2 before frame_10.
-  return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", path)]
 
 
 def _stylize_folder(folder: str):

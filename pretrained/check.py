@@ -4,6 +4,7 @@ from typing import Dict, Iterable, Optional
 import numpy as np
 
 from jaxstyle import vgg
+from jaxstyle.data.folder import natural_key
 from jaxstyle.errors import WeightsError
 
 _MAX_NAMED = 6
@@ -11,24 +12,10 @@ _MAX_NAMED = 6
 
 def names(items: Iterable[str]) -> str:
   """Comma-joined names, shortened to keep error messages on one readable line."""
-  items = sorted(items, key=_natural)
+  items = sorted(items, key=natural_key)
   if len(items) > _MAX_NAMED:
     return ", ".join(items[:_MAX_NAMED]) + f", ... ({len(items)} in all)"
   return ", ".join(items)
-
-
-def _natural(name):
-  # features.10 after features.9: sort digit runs numerically.
-  out, num = [], ""
-  for ch in str(name) + "\0":
-    if ch.isdigit():
-      num += ch
-      continue
-    if num:
-      out.append((0, int(num), ""))
-      num = ""
-    out.append((1, 0, ch))
-  return out
 
 
 def check_params(params: Dict[str, Dict[str, np.ndarray]], depth: int, source: str) -> dict:

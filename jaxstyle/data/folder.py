@@ -11,6 +11,21 @@ from jaxstyle.errors import ConfigError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
 
+def natural_key(name: str) -> list:
+  """Sort key that orders digit runs numerically: frame_2 before frame_10, features.9 before
+  features.10."""
+  out, num = [], ""
+  for ch in str(name) + "\0":
+    if ch.isdigit():
+      num += ch
+      continue
+    if num:
+      out.append((0, int(num), ""))
+      num = ""
+    out.append((1, 0, ch))
+  return out
+
+
 def find_images(root: str) -> List[str]:
   """Image files under `root` (recursive, symlinks followed once, hidden entries skipped), sorted."""
   found, seen = [], set()
