@@ -251,6 +251,33 @@ def test_preserve_color(loaded):
   np.testing.assert_allclose(lum, image.luminance_transfer(content, plain), atol=1e-5)
 
 
+@pytest.mark.parametrize("preserve_color,encodes", [("luminance", 2 + 2), ("histogram", 2 * 3)])
+def test_stylizer_encodes_the_styles_once(run, loaded, monkeypatch, loss_net, preserve_color,
+                                          encodes):
+  """Two frames, two masked styles: each style is encoded once, not per frame (each content is),
+  except under 'histogram', which recolours the styles to every frame."""
+  model, params, _ = loaded
+  content, style, other = _images()
+  frames = [content, np.ascontiguousarray(content[::-1])]
+  m = np.zeros(content.shape[:2], np.float32)
+  m[:, :64] = 1.0
+  controls_ = dict(style_weights=[0.3, 0.7], alpha=0.8, masks=[m, 1 - m],
+                   preserve_color=preserve_color)
+  want = [adain.stylize(model, params, f, [style, other], **controls_) for f in frames]
+  monkeypatch.setattr(vgg, "load_loss_net", lambda weights, **kw: loss_net)
+  stylizer = adain.make_stylizer(api.StylizeRequest(
+      method="adain", content=frames[0], styles=[style, other], checkpoint=run[2].workdir,
+      **controls_))
+  calls = []
+  real = adain_inference._encode
+  monkeypatch.setattr(adain_inference, "_encode", lambda *a: calls.append(1) or real(*a))
+  for f, w in zip(frames, want):
+    np.testing.assert_allclose(stylizer(f), w, atol=1e-5)
+  assert len(calls) == encodes
+  with pytest.raises(ConfigError, match="1 style codes for 2 styles"):
+    adain.stylize(model, params, content, [style, other], style_codes=[None])
+
+
 # --------------------------------------------------------------------------------------------------
 # make_trainer
 

@@ -251,6 +251,31 @@ def test_preserve_color(loaded):
   np.testing.assert_allclose(lum, image.luminance_transfer(content, plain), atol=1e-5)
 
 
+@pytest.mark.parametrize("preserve_color,embeds", [("none", 2 + 2), ("histogram", 2 * 3)])
+def test_stylizer_embeds_the_styles_once(run, loaded, monkeypatch, loss_net, preserve_color,
+                                         embeds):
+  """Two frames at alpha < 1: each style is embedded once, each frame's identity embedding every
+  time; 'histogram' recolours the styles to every frame, so it embeds them again."""
+  model, params, _ = loaded
+  content, style, other = _images()
+  frames = [content, np.ascontiguousarray(content[::-1])]
+  controls_ = dict(style_weights=[0.3, 0.7], alpha=0.6, preserve_color=preserve_color)
+  want = [magenta.stylize(model, params, f, [style, other], **controls_) for f in frames]
+  monkeypatch.setattr(vgg, "load_loss_net", lambda weights, **kw: loss_net)
+  stylizer = magenta.make_stylizer(api.StylizeRequest(
+      method="magenta", content=frames[0], styles=[style, other], checkpoint=run[2].workdir,
+      **controls_))
+  calls = []
+  real = magenta_inference._embed
+  monkeypatch.setattr(magenta_inference, "_embed", lambda *a: calls.append(1) or real(*a))
+  for f, w in zip(frames, want):
+    np.testing.assert_allclose(stylizer(f), w, atol=1e-5)
+  assert len(calls) == embeds
+  if preserve_color == "histogram":
+    with pytest.raises(ConfigError, match="cannot be used with preserve_color='histogram'"):
+      magenta.stylize(model, params, content, [style, other], style_codes=[0, 0], **controls_)
+
+
 # --------------------------------------------------------------------------------------------------
 # make_trainer
 

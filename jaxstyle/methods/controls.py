@@ -9,18 +9,42 @@ from jaxstyle.errors import ConfigError
 
 
 def request_stylizer(stylize: Callable[..., np.ndarray], request: Any,
+                     encode_style: Optional[Callable[[np.ndarray], Any]] = None,
                      **settings) -> Callable[[np.ndarray], np.ndarray]:
   """`content01 -> stylize(content01, styles, ...)` with the request's styles, blend weights,
-  alpha, masks and colour mode (plus `settings`), reporting one step to `request.progress`."""
+  alpha, masks and colour mode (plus `settings`), reporting one step to `request.progress`.
+
+  With `encode_style` (style image -> what the network derives from it: VGG features, an
+  embedding), the styles are encoded on the first call and passed to every call as
+  `style_codes`, so a folder of frames runs the style encoder once, not once per frame. Not under
+  `preserve_color='histogram'`, which recolours the styles to each content first.
+  """
+  reuse = encode_style is not None and request.preserve_color != "histogram"
+  codes = []
 
   def stylizer(content01: np.ndarray) -> np.ndarray:
+    if reuse and not codes:
+      codes.extend(encode_style(np.asarray(s, np.float32)) for s in request.styles)
     out = stylize(content01, request.styles, style_weights=request.style_weights,
                   alpha=request.alpha, masks=request.masks, preserve_color=request.preserve_color,
-                  **settings)
+                  **(dict(settings, style_codes=codes) if reuse else settings))
     if request.progress is not None:
       request.progress(1, 0.0)
     return out
   return stylizer
+
+
+def check_codes(style_codes: Optional[Sequence[Any]], styles01: Sequence[np.ndarray],
+                preserve_color: str) -> None:
+  """Precomputed style codes must be one per style, and cannot be used with
+  `preserve_color='histogram'` (the styles are recoloured to the content before encoding)."""
+  if style_codes is None:
+    return
+  if len(style_codes) != len(styles01):
+    raise ConfigError(f"{len(style_codes)} style codes for {len(styles01)} styles")
+  if preserve_color == "histogram":
+    raise ConfigError("precomputed style codes cannot be used with preserve_color='histogram', "
+                      "which recolours each style to the content before encoding it")
 
 
 def check_inputs(method: str, content01: Optional[np.ndarray], styles01: Sequence[np.ndarray],
@@ -91,7 +115,8 @@ def stylize_with_embeddings(method: str, content01: np.ndarray, styles01: Sequen
                             transform_fn: Callable[[np.ndarray, Any], np.ndarray],
                             multiple: int, style_weights: Optional[Sequence[float]] = None,
                             alpha: float = 1.0, masks: Optional[Sequence[np.ndarray]] = None,
-                            preserve_color: str = "none") -> np.ndarray:
+                            preserve_color: str = "none",
+                            style_codes: Optional[Sequence[Any]] = None) -> np.ndarray:
   """Every control of a style-embedding network (Magenta): Ghiasi et al.'s identity interpolation
   `alpha * S(style) + (1 - alpha) * S(content)`, style blends as mixed embeddings, masks by
   blending the outputs per region, colour preservation.
@@ -104,6 +129,7 @@ def stylize_with_embeddings(method: str, content01: np.ndarray, styles01: Sequen
     transform_fn: (`[1, H', W', 3]` padded content, embedding) -> `[1, H', W', 3]` output.
     multiple: the transformer's downsampling factor (the content is padded to it, then cropped).
     style_weights, alpha, masks, preserve_color: the user's controls (see `launch/stylize.py`).
+    style_codes: `embed_fn` of each style, when already computed (`request_stylizer`).
 
   Returns:
     `[H, W, 3]` float32 in [0, 1].
@@ -111,10 +137,13 @@ def stylize_with_embeddings(method: str, content01: np.ndarray, styles01: Sequen
   content01, styles01, weights = prepare(method, content01, styles01, style_weights=style_weights,
                                          alpha=alpha, masks=masks, preserve_color=preserve_color)
 
+  check_codes(style_codes, styles01, preserve_color)
   h, w = content01.shape[:2]
   padded = pad_to(content01, multiple)[None]
   identity = embed_fn(content01) if alpha < 1.0 else 0.0
-  embeddings = [alpha * embed_fn(s) + (1.0 - alpha) * identity for s in styles01]
+  if style_codes is None:
+    style_codes = [embed_fn(s) for s in styles01]
+  embeddings = [alpha * e + (1.0 - alpha) * identity for e in style_codes]
 
   def run(e):
     return np.asarray(transform_fn(padded, e))[0, :h, :w]

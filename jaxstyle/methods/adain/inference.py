@@ -120,10 +120,16 @@ def _decode(decoder: Decoder, params: Any, t: jax.Array) -> jax.Array:
   return decoder.apply({"params": params}, t)
 
 
+def encode_image(model: AdaINModel, image01: np.ndarray) -> jax.Array:
+  """The encoder's `[1, h/8, w/8, C]` relu4_1 features of one `[h, w, 3]` image in [0, 1]."""
+  return _encode(model.encoder, jnp.asarray(controls.pad_to(image01, _STRIDE))[None])
+
+
 def stylize(model: AdaINModel, params: Any, content01: np.ndarray,
             styles01: Sequence[np.ndarray], *, style_weights: Optional[Sequence[float]] = None,
             alpha: float = 1.0, masks: Optional[Sequence[np.ndarray]] = None,
-            preserve_color: str = "none", eps: float = 1e-5) -> np.ndarray:
+            preserve_color: str = "none", eps: float = 1e-5,
+            style_codes: Optional[Sequence[jax.Array]] = None) -> np.ndarray:
   """Stylizes one image with one or several styles.
 
   Args:
@@ -137,6 +143,7 @@ def stylize(model: AdaINModel, params: Any, content01: np.ndarray,
     preserve_color: 'none', 'histogram' (colour-match the styles to the content first) or
       'luminance' (keep the content's chrominance).
     eps: AdaIN variance epsilon.
+    style_codes: each style's relu4_1 features (`encode_image`), when already computed.
 
   Returns:
     `[H, W, 3]` float32 in [0, 1].
@@ -145,9 +152,10 @@ def stylize(model: AdaINModel, params: Any, content01: np.ndarray,
       METHOD, content01, styles01, style_weights=style_weights, alpha=alpha, masks=masks,
       preserve_color=preserve_color)
 
+  controls.check_codes(style_codes, styles01, preserve_color)
   h, w = content01.shape[:2]
-  f_c = _encode(model.encoder, jnp.asarray(controls.pad_to(content01, _STRIDE))[None])
-  f_s = [_encode(model.encoder, jnp.asarray(controls.pad_to(s, _STRIDE))[None]) for s in styles01]
+  f_c = encode_image(model, content01)
+  f_s = [encode_image(model, s) for s in styles01] if style_codes is None else style_codes
   feature_masks = None
   if masks is not None:
     regions = controls.pad_to(np.moveaxis(controls.region_weights(masks, weights), 0, -1), _STRIDE)
@@ -184,7 +192,8 @@ def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndar
     if request.weights not in (DEFAULT_WEIGHTS, trained_with):
       raise ConfigError(f"{request.checkpoint} was trained with --weights={trained_with}, "
                         f"not {request.weights}")
-  return controls.request_stylizer(functools.partial(stylize, model, params), request, eps=eps)
+  return controls.request_stylizer(functools.partial(stylize, model, params), request,
+                                   encode_style=functools.partial(encode_image, model), eps=eps)
 
 
 def run_stylize(request: api.StylizeRequest) -> np.ndarray:

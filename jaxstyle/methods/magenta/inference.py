@@ -98,7 +98,8 @@ def embed(model: MagentaModel, params: Any, image01: np.ndarray) -> jax.Array:
 def stylize(model: MagentaModel, params: Any, content01: np.ndarray,
             styles01: Sequence[np.ndarray], *, style_weights: Optional[Sequence[float]] = None,
             alpha: float = 1.0, masks: Optional[Sequence[np.ndarray]] = None,
-            preserve_color: str = "none") -> np.ndarray:
+            preserve_color: str = "none",
+            style_codes: Optional[Sequence[jax.Array]] = None) -> np.ndarray:
   """Stylizes one image with one or several styles.
 
   Args:
@@ -110,6 +111,7 @@ def stylize(model: MagentaModel, params: Any, content01: np.ndarray,
     alpha: identity interpolation: 0 = the content's own embedding, 1 = the style's.
     masks: optional `[H, W]` region per style (spatial control by output blending).
     preserve_color: 'none', 'histogram' or 'luminance'.
+    style_codes: each style's `embed`ding, when already computed.
 
   Returns:
     `[H, W, 3]` float32 in [0, 1].
@@ -118,7 +120,7 @@ def stylize(model: MagentaModel, params: Any, content01: np.ndarray,
       METHOD, content01, styles01, embed_fn=lambda x: embed(model, params, x),
       transform_fn=lambda x, e: _transform(model.net, params, jnp.asarray(x), e),
       multiple=_MULTIPLE, style_weights=style_weights, alpha=alpha, masks=masks,
-      preserve_color=preserve_color)
+      preserve_color=preserve_color, style_codes=style_codes)
 
 
 def check_request(request: api.StylizeRequest) -> None:
@@ -147,7 +149,8 @@ def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndar
     raise ConfigError(f"{request.checkpoint} was trained with --weights={trained_with}, "
                       f"not {request.weights}")
   model, params, _ = load(request.checkpoint)
-  return controls.request_stylizer(functools.partial(stylize, model, params), request)
+  return controls.request_stylizer(functools.partial(stylize, model, params), request,
+                                   encode_style=functools.partial(embed, model, params))
 
 
 def run_stylize(request: api.StylizeRequest) -> np.ndarray:

@@ -214,7 +214,8 @@ def embed(net: PublishedMagenta, params: Any, image01: np.ndarray) -> jax.Array:
 def stylize(params: Any, content01: np.ndarray, styles01: Sequence[np.ndarray], *,
             style_weights: Optional[Sequence[float]] = None, alpha: float = 1.0,
             masks: Optional[Sequence[np.ndarray]] = None, preserve_color: str = "none",
-            net: Optional[PublishedMagenta] = None) -> np.ndarray:
+            net: Optional[PublishedMagenta] = None,
+            style_codes: Optional[Sequence[jax.Array]] = None) -> np.ndarray:
   """Stylizes one image with the published weights and the controls of `inference.stylize`.
 
   Args:
@@ -226,6 +227,7 @@ def stylize(params: Any, content01: np.ndarray, styles01: Sequence[np.ndarray], 
     masks: optional `[H, W]` region per style (output blending, as `inference.stylize`).
     preserve_color: 'none', 'histogram' or 'luminance'.
     net: the module (default `PublishedMagenta()`).
+    style_codes: each style's `embed`ding, when already computed.
 
   Returns:
     `[H, W, 3]` float32 in [0, 1].
@@ -235,7 +237,7 @@ def stylize(params: Any, content01: np.ndarray, styles01: Sequence[np.ndarray], 
       inference.METHOD, content01, styles01, embed_fn=lambda x: embed(net, params, x),
       transform_fn=lambda x, e: _transform(net, params, jnp.asarray(x), e),
       multiple=_MULTIPLE, style_weights=style_weights, alpha=alpha, masks=masks,
-      preserve_color=preserve_color)
+      preserve_color=preserve_color, style_codes=style_codes)
 
 
 def is_published(checkpoint: Optional[str]) -> bool:
@@ -262,7 +264,8 @@ def make_stylizer(request) -> Callable[[np.ndarray], np.ndarray]:
                       "model, which brings its own MobileNetV2 style predictor")
   source = None if request.checkpoint == NAME else request.checkpoint
   params = onnx_magenta.load_params(source)
-  return controls.request_stylizer(functools.partial(stylize, params), request)
+  return controls.request_stylizer(functools.partial(stylize, params), request,
+                                   encode_style=functools.partial(embed, PublishedMagenta(), params))
 
 
 def run_stylize(request) -> np.ndarray:
