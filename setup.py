@@ -24,6 +24,7 @@ setuptools.setup(
         "test": ["pytest", "pytest-xdist", "scikit-image", "chex", "torch==2.13.0", "onnx>=1.16",
                  "onnxruntime>=1.18"],
         "torch": ["torch==2.13.0"],
-        "onnx": ["onnx>=1.16"],  # importing the published Magenta weights
+        # importing the published Magenta weights; --export_onnx (onnxruntime checks the export)
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
     },
 )

@@ -6,6 +6,8 @@ r"""Stylizes an image with any jaxstyle method.
       --style=a.jpg --style=b.jpg --style_weights=0.7,0.3 --alpha=0.8
   python launch/stylize.py --method=magenta --checkpoint=published --content=me.jpg --style=a.jpg
   python launch/stylize.py --method=johnson --checkpoint=candy.pth --content=frames/ --output=out/
+  python launch/stylize.py --method=msgnet --checkpoint=21styles.model --style=a.jpg \
+      --export_onnx=out/msgnet_a.onnx
 """
 import contextlib
 import dataclasses
@@ -22,6 +24,7 @@ import numpy as np  # noqa: E402
 import tqdm  # noqa: E402
 
 from jaxstyle import api  # noqa: E402
+from jaxstyle import export  # noqa: E402
 from jaxstyle import image  # noqa: E402
 from jaxstyle.data import folder as data_folder  # noqa: E402
 from jaxstyle.errors import CheckpointError, ConfigError, ImageError  # noqa: E402
@@ -66,6 +69,11 @@ _GRID = flags.DEFINE_bool("grid", False, "Also write <output>_grid.png: content 
 _OVERWRITE = flags.DEFINE_bool("overwrite", True, "Replace an existing output file. With a content "
                                 "folder, --nooverwrite skips frames already written (resumes).")
 _SET = flags.DEFINE_multi_string("set", [], "Method config override key=value (repeatable).")
+_EXPORT_ONNX = flags.DEFINE_string(
+    "export_onnx", None, "Instead of an image, write the model as an ONNX file here (johnson; "
+    "msgnet with the --style/--style_index blend folded in; adain with `style` and `alpha` "
+    "inputs): NCHW RGB [0, 1] in and out, any size. Checked against jaxstyle on --content (and "
+    "--style) with onnxruntime when it is installed.")
 
 
 def _floats(name, values):
@@ -230,9 +238,30 @@ def _stylize_folder(folder: str):
   print(f"wrote {len(todo)} image(s) to {out_dir}")
 
 
+def _export_onnx(path: str):
+  """Writes the request's model as ONNX, once onnxruntime reproduces jaxstyle on --content."""
+  if _CONTENT.value and os.path.isdir(_CONTENT.value):
+    raise ConfigError("--export_onnx is checked on one --content image, not a folder")
+  if _GRID.value:
+    raise ConfigError("--grid does not apply to --export_onnx")
+  path = common.check_output_path(path, overwrite=_OVERWRITE.value, suffixes=(".onnx",))
+  request = build_request()
+  with _checkpoint_errors(request):
+    model = export.export_onnx(request)
+    err = export.compare(model, api.make_stylizer(request), request.content,
+                         request.styles[0] if request.styles else None)
+  export.save(model, path)
+  check = ("onnxruntime not installed: not checked" if err is None
+           else f"matches jaxstyle to {err:.1e} on a {request.content.shape[1]}x"
+           f"{request.content.shape[0]} image")
+  print(f"wrote {path} ({check})")
+
+
 def main(argv):
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _EXPORT_ONNX.value is not None:
+    return _export_onnx(_EXPORT_ONNX.value)
   if _CONTENT.value and os.path.isdir(_CONTENT.value):
     return _stylize_folder(_CONTENT.value)
   output = common.check_output_path(_OUTPUT.value, overwrite=_OVERWRITE.value)

@@ -188,3 +188,21 @@ def test_stylize_launcher_takes_released_files(released):
   assert bad.returncode != 0 and "Traceback" not in bad.stderr
   assert "--weights=<path to vgg_normalised.pth>" in bad.stderr.strip().splitlines()[-1]
   assert not os.path.exists(str(d / "bad.png"))
+  # The released model exported to ONNX (any style at run time), checked by onnxruntime on c, s.
+  pytest.importorskip("onnxruntime")
+  onnx_path = d / "adain.onnx"
+  exported = subprocess.run(base + [f"--weights={paths['caffe']}", "--alpha=0.8",
+                                    f"--export_onnx={onnx_path}"],
+                            capture_output=True, text=True, env=env, check=False)
+  assert exported.returncode == 0, exported.stderr[-2000:]
+  assert "matches jaxstyle to" in exported.stdout and exported.stderr == "", exported
+  import onnx  # pylint: disable=g-import-not-at-top
+  graph = onnx.load(str(onnx_path)).graph
+  assert [i.name for i in graph.input] == ["content", "style", "alpha"]
+  assert [float(onnx.numpy_helper.to_array(t)) for t in graph.initializer
+          if t.name == "alpha"] == [pytest.approx(0.8)]
+  two = subprocess.run(base + [f"--weights={paths['caffe']}", f"--style={d / 'c.png'}",
+                               f"--export_onnx={d / 'two.onnx'}"],
+                       capture_output=True, text=True, env=env, check=False)
+  assert two.returncode == 2 and "takes one style image at run time" in two.stderr, two.stderr
+  assert not os.path.exists(str(d / "two.onnx"))

@@ -3,9 +3,10 @@ Normalization".
 
 A frozen VGG encoder, AdaIN on relu4_1 and a trained decoder: `model` (Decoder, AdaINConfig),
 `trainer` (make_trainer for `launch/train.py`), `inference` (load; load_released for the
-released pytorch-AdaIN files; stylize, run_stylize for `launch/stylize.py`).
+released pytorch-AdaIN files; stylize, run_stylize and export_onnx for `launch/stylize.py`).
 """
 from jaxstyle.methods.adain.inference import AdaINModel
+from jaxstyle.methods.adain.inference import export_onnx
 from jaxstyle.methods.adain.inference import load
 from jaxstyle.methods.adain.inference import load_released
 from jaxstyle.methods.adain.inference import make_stylizer

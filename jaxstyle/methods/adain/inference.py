@@ -171,6 +171,29 @@ def stylize(model: AdaINModel, params: Any, content01: np.ndarray,
 def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndarray]:
   """`launch/stylize.py --method=adain --checkpoint=<workdir or pytorch-AdaIN decoder.pth>`:
   checks the request and loads the model once; the result stylizes any content image."""
+  model, params, config = _load_request(request)
+  return controls.request_stylizer(functools.partial(stylize, model, params), request,
+                                   encode_style=functools.partial(encode_image, model),
+                                   eps=config.eps)
+
+
+def export_onnx(request: api.StylizeRequest):
+  """`launch/stylize.py --method=adain --export_onnx=...`: encoder, AdaIN and decoder as an ONNX
+  ModelProto that takes any style image (`jaxstyle.export.networks.adain`); --alpha becomes the
+  default of its `alpha` input."""
+  # Imported here: export.networks imports the model modules of every exported method.
+  from jaxstyle.export import networks  # pylint: disable=g-import-not-at-top
+  if len(request.styles) != 1:
+    raise ConfigError("the AdaIN ONNX graph takes one style image at run time: pass one --style")
+  if request.masks or request.preserve_color != "none":
+    raise ConfigError("--mask and --preserve_color act outside the AdaIN network and are not "
+                      "exported")
+  model, params, config = _load_request(request)
+  return networks.adain(params, config, model.encoder, alpha=request.alpha)
+
+
+def _load_request(request: api.StylizeRequest) -> Tuple[AdaINModel, Any, AdaINConfig]:
+  """Checks the request; (model, decoder params, config with the request's eps)."""
   if request.checkpoint is None:
     raise ConfigError("adain needs --checkpoint=<training workdir or pytorch-AdaIN decoder.pth>")
   if request.content is None:
@@ -185,15 +208,16 @@ def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndar
     raise ConfigError(f"setting 'eps' must be a positive number, got {eps}")
   if is_released_decoder(request.checkpoint):
     model, params = load_released(request.checkpoint, request.weights)
+    config = AdaINConfig(eps=eps)
   else:
-    model, params, _ = load(request.checkpoint)
+    model, params, config = load(request.checkpoint)
     saved = checkpoint.load_config(request.checkpoint)
     trained_with = (saved.get("config") or {}).get("weights", DEFAULT_WEIGHTS)
     if request.weights not in (DEFAULT_WEIGHTS, trained_with):
       raise ConfigError(f"{request.checkpoint} was trained with --weights={trained_with}, "
                         f"not {request.weights}")
-  return controls.request_stylizer(functools.partial(stylize, model, params), request,
-                                   encode_style=functools.partial(encode_image, model), eps=eps)
+    config = dataclasses.replace(config, eps=eps)
+  return model, params, config
 
 
 def run_stylize(request: api.StylizeRequest) -> np.ndarray:

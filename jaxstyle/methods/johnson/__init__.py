@@ -2,8 +2,9 @@
 
 One feed-forward image transformation network per style, trained with a VGG perceptual loss:
 `model` (TransformerNet, JohnsonConfig), `trainer` (make_trainer for `launch/train.py`) and
-`inference` (load, stylize, run_stylize for `launch/stylize.py`).
+`inference` (load, stylize, run_stylize and export_onnx for `launch/stylize.py`).
 """
+from jaxstyle.methods.johnson.inference import export_onnx
 from jaxstyle.methods.johnson.inference import load
 from jaxstyle.methods.johnson.inference import grid_style_paths
 from jaxstyle.methods.johnson.inference import make_stylizer

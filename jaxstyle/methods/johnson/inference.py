@@ -83,6 +83,24 @@ def stylize(model: TransformerNet, params: Any, content01: np.ndarray, *,
 def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndarray]:
   """`launch/stylize.py --method=johnson --checkpoint=<workdir or .pth>` (the style is baked in):
   checks the request and loads the model once; the result stylizes any content image."""
+  _check_request(request)
+  model, params, _ = load_any(request.checkpoint)
+  return functools.partial(stylize, model, params, preserve_color=request.preserve_color)
+
+
+def export_onnx(request: api.StylizeRequest):
+  """`launch/stylize.py --method=johnson --export_onnx=...`: the network as an ONNX ModelProto
+  (`jaxstyle.export.networks.johnson`)."""
+  # Imported here: export.networks imports the model modules of every exported method.
+  from jaxstyle.export import networks  # pylint: disable=g-import-not-at-top
+  _check_request(request)
+  if request.preserve_color != "none":
+    raise ConfigError("--preserve_color is applied outside the network and is not exported")
+  _, params, config = load_any(request.checkpoint)
+  return networks.johnson(params, config)
+
+
+def _check_request(request: api.StylizeRequest):
   if request.checkpoint is None:
     raise ConfigError("johnson needs --checkpoint=<training workdir or fast_neural_style .pth>")
   if request.content is None:
@@ -101,8 +119,6 @@ def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndar
                       "supported")
   if request.overrides:
     raise ConfigError(f"johnson stylize takes no --set options, got {', '.join(request.overrides)}")
-  model, params, _ = load_any(request.checkpoint)
-  return functools.partial(stylize, model, params, preserve_color=request.preserve_color)
 
 
 def run_stylize(request: api.StylizeRequest) -> np.ndarray:

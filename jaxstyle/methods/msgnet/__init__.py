@@ -3,8 +3,9 @@
 One feed-forward network for many styles: a Siamese encoder turns any style image into a Gram
 matrix that the CoMatch layer matches inside the generator. `model` (MSGNet, MSGNetConfig),
 `data` (multi-style batches), `trainer` (make_trainer for `launch/train.py`) and `inference`
-(load, stylize, run_stylize for `launch/stylize.py`).
+(load, stylize, run_stylize and export_onnx for `launch/stylize.py`).
 """
+from jaxstyle.methods.msgnet.inference import export_onnx
 from jaxstyle.methods.msgnet.inference import load
 from jaxstyle.methods.msgnet.inference import make_stylizer
 from jaxstyle.methods.msgnet.inference import run_stylize

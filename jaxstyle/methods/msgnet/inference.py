@@ -163,6 +163,32 @@ def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndar
   Honours --style (any image; several blend with --style_weights), --style_index (the training
   styles by index, instead of --style), --style_size (brush size) and --preserve_color.
   """
+  model, params, _, styles = _load_request(request)
+  weights = request.style_weights
+  if request.preserve_color == "histogram":  # the styles are recoloured to each content image
+    return functools.partial(stylize, model, params, styles=styles, style_weights=weights,
+                             style_size=request.style_size, preserve_color="histogram")
+  # One Gram for every content image: the style encoder runs once, not once per frame.
+  gram = style_gram(model, params, styles, style_weights=weights, style_size=request.style_size)
+  return functools.partial(_stylize_gram, model, params, gram=gram,
+                           preserve_color=request.preserve_color)
+
+
+def export_onnx(request: api.StylizeRequest):
+  """`launch/stylize.py --method=msgnet --export_onnx=...`: the network with the request's style
+  (Gram) folded in, as an ONNX ModelProto (`jaxstyle.export.networks.msgnet`)."""
+  # Imported here: export.networks imports the model modules of every exported method.
+  from jaxstyle.export import networks  # pylint: disable=g-import-not-at-top
+  if request.preserve_color != "none":
+    raise ConfigError("--preserve_color is applied outside the network and is not exported")
+  model, params, config, styles = _load_request(request)
+  gram = style_gram(model, params, styles, style_weights=request.style_weights,
+                    style_size=request.style_size)
+  return networks.msgnet(params, config, np.asarray(gram))
+
+
+def _load_request(request: api.StylizeRequest):
+  """Checks the request; (model, params, config, style images) of its checkpoint and styles."""
   if request.checkpoint is None:
     raise ConfigError("msgnet needs --checkpoint=<training workdir or 21styles.model>")
   if request.content is None:
@@ -174,23 +200,16 @@ def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndar
                       "supported (use --style_size or retrain with --set style_weight=...)")
   if request.overrides:
     raise ConfigError(f"msgnet stylize takes no --set options, got {', '.join(request.overrides)}")
-  model, params, _, paths = load_with_styles(request.checkpoint)
-  size = request.style_size or request.size
+  _check_color(request.preserve_color)
+  model, params, config, paths = load_with_styles(request.checkpoint)
   if request.style_index:
-    styles = _training_styles(paths, request.style_index, size)
+    styles = _training_styles(paths, request.style_index, request.style_size or request.size)
   else:
     styles = list(request.styles)
   weights = request.style_weights
   if weights is not None and len(weights) != len(styles):
     raise ConfigError(f"--style_weights has {len(weights)} values for {len(styles)} styles")
-  _check_color(request.preserve_color)
-  if request.preserve_color == "histogram":  # the styles are recoloured to each content image
-    return functools.partial(stylize, model, params, styles=styles, style_weights=weights,
-                             style_size=request.style_size, preserve_color="histogram")
-  # One Gram for every content image: the style encoder runs once, not once per frame.
-  gram = style_gram(model, params, styles, style_weights=weights, style_size=request.style_size)
-  return functools.partial(_stylize_gram, model, params, gram=gram,
-                           preserve_color=request.preserve_color)
+  return model, params, config, styles
 
 
 def run_stylize(request: api.StylizeRequest) -> np.ndarray:
