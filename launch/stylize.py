@@ -71,9 +71,10 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", True, "Replace an existing output fi
 _SET = flags.DEFINE_multi_string("set", [], "Method config override key=value (repeatable).")
 _EXPORT_ONNX = flags.DEFINE_string(
     "export_onnx", None, "Instead of an image, write the model as an ONNX file here (johnson; "
-    "msgnet with the --style/--style_index blend folded in; adain with `style` and `alpha` "
-    "inputs): NCHW RGB [0, 1] in and out, any size. Checked against jaxstyle on --content (and "
-    "--style) with onnxruntime when it is installed.")
+    "msgnet with the --style/--style_index blend folded in; stylebank with a `bank_weights` "
+    "input; adain and trained magenta with `style` and `alpha` inputs): NCHW RGB [0, 1] in and "
+    "out, any size. Checked against jaxstyle on --content (and --style) with onnxruntime when it "
+    "is installed.")
 
 
 def _floats(name, values):

@@ -19,8 +19,13 @@ from jaxstyle.export import networks
 from jaxstyle.export.onnx_graph import Graph
 from jaxstyle.methods import adain
 from jaxstyle.methods import johnson
+from jaxstyle.methods import magenta
 from jaxstyle.methods import msgnet
+from jaxstyle.methods import stylebank
 from jaxstyle.methods.adain import model as adain_model
+from jaxstyle.methods.magenta import model as magenta_model
+from jaxstyle.methods.magenta import trainer as magenta_trainer
+from jaxstyle.methods.stylebank import inference as stylebank_inference
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -111,6 +116,58 @@ def _nchw(x):
   return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
+@pytest.mark.parametrize("upsample,bank_layers", [("nearest", 1), ("transpose", 2)])
+def test_stylebank_graph_mixes_the_banks_at_run_time(upsample, bank_layers, rng):
+  """Default weights = the request's fusion (alpha included); fed weights pick other banks."""
+  config = stylebank.StyleBankConfig(width=0.25, bank_layers=bank_layers, upsample=upsample)
+  net = stylebank.StyleBankNet(config)
+  params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), 3)
+  params = _perturbed(params, 5, "out", 40.0)
+  default = stylebank_inference.bank_weights(3, [0, 2], [0.3, 0.7], alpha=0.8)[0]
+  session = ort.InferenceSession(networks.stylebank(params, config, default).SerializeToString(),
+                                 providers=["CPUExecutionProvider"])
+  content = rng.random((37, 50, 3)).astype(np.float32)
+  cases = [(None, dict(style_index=[0, 2], style_weights=[0.3, 0.7], alpha=0.8)),
+           ([0.0, 1.0, 0.0], dict(style_index=[1])),
+           ([0.0, 0.0, 0.0], dict(alpha=0.0))]  # no bank: the auto-encoder
+  outs = []
+  for fed, controls in cases:
+    want = stylebank.stylize(net, params, content, **controls)
+    assert 0.2 < np.mean((want > 0.01) & (want < 0.99)) and want.std() > 0.05
+    feed = {"content": _nchw(content)}
+    if fed is not None:
+      feed["bank_weights"] = np.asarray(fed, np.float32)
+    outs.append(session.run(None, feed)[0][0].transpose(1, 2, 0))
+    np.testing.assert_allclose(outs[-1], want, atol=2e-4)
+  assert np.abs(outs[0] - outs[1]).max() > 1e-2
+
+
+def test_magenta_graph_predicts_the_style(rng):
+  config = magenta.MagentaConfig(width=1 / 8, num_residual=2, bottleneck=8)
+  loss_net = magenta_trainer.loss_net_for(vgg.random_loss_net(2, 16), config)
+  net = magenta_model.ArbitraryStyleNet(config)
+  pooled = sum(loss_net.channels(k) for k in config.predictor_layers)
+  params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, pooled)))
+  # Random heads, so that each layer's gamma/beta really depend on the embedding.
+  params = jax.tree_util.tree_map(
+      lambda a: a + 0.2 * jax.random.normal(jax.random.PRNGKey(3), a.shape), params["params"])
+  model = magenta.MagentaModel(net, loss_net)
+  graph = networks.magenta(params, config, loss_net, alpha=0.6)
+  session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+  content = rng.random((37, 50, 3)).astype(np.float32)
+  styles = [rng.random((30, 41, 3)).astype(np.float32), rng.random((44, 36, 3)).astype(np.float32)]
+  outs = []
+  for style, alpha in ((styles[0], None), (styles[0], 0.0), (styles[1], 1.0)):
+    want = magenta.stylize(model, params, content, [style], alpha=0.6 if alpha is None else alpha)
+    assert 0.2 < np.mean((want > 0.01) & (want < 0.99)) and want.std() > 0.05
+    feed = {"content": _nchw(content), "style": _nchw(style)}
+    if alpha is not None:
+      feed["alpha"] = np.asarray(alpha, np.float32)
+    outs.append(session.run(None, feed)[0][0].transpose(1, 2, 0))
+    np.testing.assert_allclose(outs[-1], want, atol=2e-4)
+  assert min(np.abs(outs[i] - outs[j]).max() for i, j in ((0, 1), (0, 2), (1, 2))) > 1e-2
+
+
 @pytest.mark.parametrize("kw", [dict(), dict(strides=2), dict(padding="zero", strides=2),
                                 dict(padding="none"), dict(upsample=2), dict(pad=1)])
 def test_conv_layer_mirror(kw, rng):
@@ -136,7 +193,8 @@ def _single_io(g, out, channels):
 
 
 def test_refusals(tmp_path):
-  with pytest.raises(ConfigError, match="--export_onnx supports johnson, msgnet, adain, not gatys"):
+  with pytest.raises(ConfigError,
+                     match="supports johnson, msgnet, stylebank, adain, magenta, not gatys"):
     export.export_onnx(api.StylizeRequest(method="gatys", content=None))
   with pytest.raises(ConfigError, match="cannot export Johnson output"):
     networks.johnson({}, johnson.JohnsonConfig(output="sigmoid", num_residual=0))
@@ -181,8 +239,9 @@ def test_launcher_writes_a_checked_model(files, method, model):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--method=stylebank", "--checkpoint=tiny.pth"],
-     "--export_onnx supports johnson, msgnet, adain, not stylebank"),
+    (["--method=tspr", "--checkpoint=tiny.pth"],
+     "--export_onnx supports johnson, msgnet, stylebank, adain, magenta, not tspr"),
+    (["--method=magenta", "--checkpoint=published"], "the published Magenta model is not exported"),
     (["--method=johnson", "--checkpoint=tiny.pth", "--preserve_color=luminance"],
      "--preserve_color is applied outside the network"),
     (["--method=msgnet", "--checkpoint=tiny.model", "--preserve_color=histogram"],

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxstyle import api
+from jaxstyle import export
 from jaxstyle import image
 from jaxstyle import vgg
 from jaxstyle.errors import CheckpointError, ConfigError
@@ -274,6 +275,19 @@ def test_stylizer_embeds_the_styles_once(run, loaded, monkeypatch, loss_net, pre
   if preserve_color == "histogram":
     with pytest.raises(ConfigError, match="cannot be used with preserve_color='histogram'"):
       magenta.stylize(model, params, content, [style, other], style_codes=[0, 0], **controls_)
+
+
+def test_export_onnx_of_a_trained_workdir(run, loaded, monkeypatch, loss_net):
+  pytest.importorskip("onnxruntime")
+  pytest.importorskip("onnx")
+  monkeypatch.setattr(vgg, "load_loss_net", lambda weights, **kw: loss_net)
+  content, style, _ = _images()
+  request = api.StylizeRequest(method="magenta", content=content, styles=[style], alpha=0.7,
+                               checkpoint=run[2].workdir)
+  model = export.export_onnx(request)
+  assert export.compare(model, magenta.make_stylizer(request), content, style) < 2e-4
+  with pytest.raises(ConfigError, match="takes one style image at run time"):
+    export.export_onnx(dataclasses.replace(request, styles=[style, style]))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """StyleBank: network vs PyTorch, (T+1) schedule, incremental learning, fusion controls."""
 import dataclasses
 import functools
+import importlib.util
 
 import chex
 import jax
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxstyle import api
+from jaxstyle import export
 from jaxstyle import image
 from jaxstyle import vgg
 from jaxstyle.errors import ConfigError
@@ -265,6 +267,12 @@ def test_incremental_learning_freezes_everything_but_new_banks(tmp_path, monkeyp
   out = stylebank.run_stylize(api.StylizeRequest(method="stylebank", content=content,
                                                  checkpoint=str(inc_dir), style_index=[3]))
   assert out.shape == content.shape[:2] + (3,)
+  if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+    # The ONNX export holds the incremental banks too; its default fusion is the request's.
+    request = api.StylizeRequest(method="stylebank", content=content, checkpoint=str(inc_dir),
+                                 style_index=[3, 0], style_weights=[0.6, 0.4], alpha=0.9)
+    model = export.export_onnx(request)
+    assert export.compare(model, stylebank.make_stylizer(request), content) < 2e-4
   with pytest.raises(ConfigError):
     stylebank.make_trainer(_request(tmp_path / "x", 1, overrides={"new_styles": str(styles)}))
   with pytest.raises(ConfigError):

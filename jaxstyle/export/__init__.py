@@ -1,9 +1,9 @@
 """Exporting trained feed-forward models for other runtimes (ONNX).
 
 `export_onnx(request)` builds the graph of a `launch/stylize.py` request (the methods with an
-`export_onnx` of their own: johnson; msgnet with its style folded in; adain, which takes the
-style as a second input), `compare` runs it in
-onnxruntime beside the library's own result, and `save` writes it atomically.
+`export_onnx` of their own: johnson; msgnet with its style folded in; stylebank with every bank;
+adain and magenta, which take the style as a second input), `compare` runs it in onnxruntime
+beside the library's own result, and `save` writes it atomically.
 """
 import importlib
 from typing import Any, Callable, Optional
@@ -28,7 +28,7 @@ def exportable() -> list:
 
 
 def export_onnx(request: api.StylizeRequest) -> Any:
-  """The ONNX ModelProto of the request's model (and style, for msgnet).
+  """The ONNX ModelProto of the request's model (with its style, for msgnet).
 
   Raises:
     ConfigError: the method has no ONNX export, or the request sets something the graph cannot

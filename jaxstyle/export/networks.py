@@ -1,9 +1,10 @@
-"""ONNX graphs of the feed-forward networks whose style is fixed at export time.
+"""ONNX graphs of the feed-forward networks.
 
-Every graph takes `content`, `[N, 3, H, W]` float32 RGB in [0, 1] (NCHW: what ONNX runtimes and
-pytorch/examples' `--export_onnx` models take), any H and W, and returns `stylized`, the same shape
-in [0, 1], computed as the library's `stylize` does: reflection-padded at the bottom/right to a
-multiple of 4, the network, cropped back, clipped.
+Every graph takes `content`, `[N, 3, H, W]` float32 RGB in [0, 1] (NCHW, the layout ONNX runtimes
+expect), any H and W, and returns `stylized`, the same shape in [0, 1], computed as the library's
+`stylize` does: reflection-padded at the bottom/right to the network's size multiple, the network,
+cropped back, clipped. MSG-Net's style is folded in; StyleBank mixes its banks by a
+`bank_weights` input; AdaIN and Magenta take the style image as a second input.
 """
 from typing import Any
 
@@ -14,8 +15,12 @@ from jaxstyle.errors import ConfigError
 from jaxstyle.export.onnx_graph import Graph
 from jaxstyle.methods.adain.model import AdaINConfig
 from jaxstyle.methods.johnson.model import JohnsonConfig
+from jaxstyle.methods.magenta.model import MagentaConfig
+from jaxstyle.methods.magenta.model import normalized_layers
 from jaxstyle.methods.msgnet.model import EXPANSION
 from jaxstyle.methods.msgnet.model import MSGNetConfig
+from jaxstyle.methods.stylebank.model import bank_name
+from jaxstyle.methods.stylebank.model import StyleBankConfig
 
 INPUT = "content"
 OUTPUT = "stylized"
@@ -102,7 +107,8 @@ def adain(params: Any, config: AdaINConfig, encoder: vgg.LossNet, alpha: float =
   g = Graph("adain")
   x, hw = g.pad_to_multiple(INPUT, 8)
   style, _ = g.pad_to_multiple("style", 8)
-  f_c, f_s = _vgg_relu4_1(g, x, encoder), _vgg_relu4_1(g, style, encoder)
+  f_c = _vgg_features(g, x, encoder, ["relu4_1"])["relu4_1"]
+  f_s = _vgg_features(g, style, encoder, ["relu4_1"])["relu4_1"]
   mean_c, std_c = g.channel_stats(f_c, config.eps)
   mean_s, std_s = g.channel_stats(f_s, config.eps)
   t = g.op("Add", [g.op("Mul", [g.op("Div", [g.op("Sub", [f_c, mean_c]), std_c]), std_s]), mean_s])
@@ -122,17 +128,141 @@ def adain(params: Any, config: AdaINConfig, encoder: vgg.LossNet, alpha: float =
                                ("alpha", [], alpha)])
 
 
-def _vgg_relu4_1(g: Graph, x: str, net: vgg.LossNet) -> str:
-  """`net.features(x, ['relu4_1'])` of an NCHW RGB [0, 1] tensor (max pooling, floor sizes)."""
+def _vgg_features(g: Graph, x: str, net: vgg.LossNet, layers) -> dict:
+  """`net.features(x, layers)` (relu layers) of an NCHW RGB [0, 1] tensor: {layer: tensor}."""
   if net.convention == "caffe":
     x = g.affine(g.reverse_channels(x), 255.0, -np.asarray(vgg.CAFFE_MEAN_BGR))
   else:
     std = np.asarray(vgg.IMAGENET_STD)
     x = g.affine(x, 1.0 / std, -np.asarray(vgg.IMAGENET_MEAN) / std)
-  for b, n in enumerate(vgg.BLOCKS[net.depth][:4], start=1):
+  wanted, out = set(layers), {}
+  for b, n in enumerate(vgg.BLOCKS[net.depth], start=1):
     for i in range(1, n + 1):
       x = g.relu(g.conv_layer(x, net.params[f"conv{b}_{i}"], padding=net.padding))
-      if b == 4:
-        return x
-    x = g.op("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
-  raise AssertionError("unreachable")
+      if f"relu{b}_{i}" in wanted:
+        out[f"relu{b}_{i}"] = x
+        if len(out) == len(wanted):
+          return out
+    # 2x2 windows, odd sizes rounded down: `vgg.pool2x2`.
+    pool = "MaxPool" if net.pooling == "max" else "AveragePool"
+    x = g.op(pool, [x], kernel_shape=[2, 2], strides=[2, 2])
+  raise ConfigError(f"cannot export VGG layers {sorted(wanted - set(out))}")
+
+
+def stylebank(params: Any, config: StyleBankConfig, weights: np.ndarray) -> Any:
+  """StyleBank (`jaxstyle.methods.stylebank`) with every bank, as an ONNX ModelProto.
+
+  A second input `bank_weights` `[S]` (default `weights`) mixes the banks at run time, the paper's
+  linear fusion `F~ = sum_i w_i K_i(F) + (1 - sum_i w_i) F` (`StyleBankNet.fuse_banks`): a one-hot
+  vector picks one style, and alpha scales the vector. One-layer banks are linear in their
+  weights, so their kernels are mixed instead and one convolution runs whatever S is.
+
+  Args:
+    params: StyleBank parameters with all banks in `banks` (`merge_new_banks`).
+    config: its StyleBankConfig.
+    weights: `[S]` default bank weights (`stylebank.inference.bank_weights`, alpha included).
+  """
+  banks = [params["banks"][bank_name(i)] for i in range(len(params["banks"]))]
+  g = Graph("stylebank")
+  x, hw = g.pad_to_multiple(INPUT, 4)
+  x = g.affine(x, config.pixel_scale, 0.0)
+  for i, (channels, stride) in enumerate(zip(config.channels(), (1, 2, 2))):
+    x = g.conv_layer(x, params["encoder"][f"conv{i + 1}"], strides=stride)
+    x = g.relu(g.instance_norm(x, params["encoder"][f"norm{i + 1}"], channels))
+  w = "bank_weights"
+  keep = g.op("Sub", [g.const(1.0), g.op("ReduceSum", [w, g.const([0], dtype=np.int64)],
+                                         keepdims=1)])
+  fused = g.op("Mul", [x, keep])
+  if config.bank_layers == 1:
+    kernel = np.stack([np.asarray(b["conv1"]["conv"]["kernel"], np.float32).transpose(3, 2, 0, 1)
+                       for b in banks])  # [S, O, I, k, k]
+    bias = np.stack([np.asarray(b["conv1"]["conv"]["bias"], np.float32) for b in banks])
+    fused = g.add(fused, g.conv(x, _mix(g, w, kernel), _mix(g, w, bias), config.bank_kernel))
+  else:
+    for i, bank in enumerate(banks):
+      y = x
+      for layer in range(config.bank_layers):
+        if layer:
+          y = g.relu(g.instance_norm(y, bank[f"norm{layer}"], config.channels()[2]))
+        y = g.conv_layer(y, bank[f"conv{layer + 1}"])
+      w_i = g.op("Slice", [w, g.const([i], dtype=np.int64), g.const([i + 1], dtype=np.int64)])
+      fused = g.add(fused, g.op("Mul", [y, w_i]))
+  x = fused
+  dec = params["decoder"]
+  for i, channels in enumerate(config.channels()[1::-1]):
+    if config.upsample == "transpose":
+      x = g.conv_transpose(x, dec[f"up{i + 1}"], strides=2, padding=1, output_padding=1)
+    else:
+      x = g.conv_layer(x, dec[f"up{i + 1}"], upsample=2)
+    x = g.relu(g.instance_norm(x, dec[f"norm{i + 1}"], channels))
+  x = g.affine(g.conv_layer(x, dec["out"]), 1.0 / config.pixel_scale, config.output_offset)
+  out = g.clip01(g.crop(x, hw))
+  return g.model(INPUT, out, OUTPUT, f"StyleBank (Chen et al. 2017), {len(banks)} styles; "
+                 f"{_LAYOUT}; bank_weights: [S] linear fusion of the banks",
+                 {"method": "stylebank", "layout": "NCHW RGB [0, 1]", "styles": str(len(banks))},
+                 extra_inputs=[(w, [len(banks)], np.asarray(weights, np.float32))])
+
+
+def _mix(g: Graph, weights: str, stacked: np.ndarray) -> str:
+  """`sum_i weights[i] * stacked[i]` in the graph: `[S] x [S, ...] -> [...]`."""
+  flat = g.op("MatMul", [g.op("Unsqueeze", [weights, g.const([0], dtype=np.int64)]),
+                         g.const(stacked.reshape(stacked.shape[0], -1))])
+  return g.op("Reshape", [flat, g.const(stacked.shape[1:], dtype=np.int64)])
+
+
+def magenta(params: Any, config: MagentaConfig, loss_net: vgg.LossNet, alpha: float = 1.0) -> Any:
+  """A trained Magenta model (`jaxstyle.methods.magenta`) as an ONNX ModelProto for any style.
+
+  Inputs as `adain`'s: `content`, `style` `[1, 3, h, w]` and `alpha`, here the identity
+  interpolation of the embeddings `alpha S(style) + (1 - alpha) S(content)`. The style predictor
+  (the VGG's pooled features, the bottleneck and every layer's gamma/beta heads) is in the graph.
+
+  Args:
+    params: ArbitraryStyleNet parameters.
+    config: its MagentaConfig.
+    loss_net: the VGG it was trained with, with the configured pooling (`loss_net_for`).
+    alpha: the default of the `alpha` input.
+  """
+  g = Graph("magenta")
+  layers = list(config.predictor_layers)
+
+  def embed(image):
+    feats = _vgg_features(g, image, loss_net, layers)
+    means = [g.op("ReduceMean", [feats[k]], axes=[2, 3], keepdims=0) for k in layers]
+    pooled = g.op("Log", [g.affine(g.relu(g.op("Concat", means, axis=1)), 1.0, 1.0)])  # log1p
+    return _dense(g, pooled, params["predictor"]["bottleneck"])
+
+  e_style, e_content = embed("style"), embed(INPUT)
+  e = g.add(e_content, g.op("Mul", [g.op("Sub", [e_style, e_content]), "alpha"]))
+  x, hw = g.pad_to_multiple(INPUT, 4)
+  t = params["transformer"]
+
+  def cond_norm(h, name):
+    channels = normalized_layers(config)[name]
+    gamma, beta = (g.op("Unsqueeze", [_dense(g, e, params["norm_params"][f"{name}_{part}"]),
+                                      g.const([2, 3], dtype=np.int64)])
+                   for part in ("gamma", "beta"))
+    return g.add(g.op("Mul", [g.instance_norm(h, None, channels), gamma]), beta)
+
+  c1, c2, c3 = config.channels()
+  for name, channels, stride in (("contract1", c1, 1), ("contract2", c2, 2),
+                                 ("contract3", c3, 2)):
+    x = g.conv_layer(x, t[name], strides=stride)
+    x = g.relu(g.instance_norm(x, t[f"{name}_norm"], channels))
+  for i in range(1, config.num_residual + 1):
+    h = g.relu(cond_norm(g.conv_layer(x, t[f"res{i}_conv1"]), f"res{i}_conv1"))
+    x = g.add(x, cond_norm(g.conv_layer(h, t[f"res{i}_conv2"]), f"res{i}_conv2"))
+  for name in ("expand1", "expand2"):
+    x = g.relu(cond_norm(g.conv_layer(x, t[name], upsample=2), name))
+  x = g.op("Sigmoid", [cond_norm(g.conv_layer(x, t["expand3"]), "expand3")])
+  out = g.clip01(g.crop(x, hw))
+  return g.model(INPUT, out, OUTPUT, f"Ghiasi et al. 2017 arbitrary stylization, any style: "
+                 f"{_LAYOUT}; style: [1, 3, h, w] RGB [0, 1]; alpha: scalar, 0 the content's own "
+                 "embedding .. 1 the style's", {"method": "magenta", "layout": "NCHW RGB [0, 1]"},
+                 extra_inputs=[("style", [1, 3, "style_height", "style_width"], None),
+                               ("alpha", [], alpha)])
+
+
+def _dense(g: Graph, x: str, p: Any) -> str:
+  """A flax `nn.Dense` on `[N, D]`."""
+  return g.add(g.op("MatMul", [x, g.const(p["kernel"])]), g.const(p["bias"]))

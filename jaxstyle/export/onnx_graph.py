@@ -115,9 +115,15 @@ class Graph:
     if "conv" in p:
       p = p["conv"]  # else a bare nn.Conv's {kernel, bias}, as in the VGG
     kernel = np.asarray(p["kernel"], np.float32)  # HWIO
-    k = kernel.shape[0]
+    oihw = self.const(kernel.transpose(3, 2, 0, 1), "kernel")
+    bias = self.const(p["bias"], "bias") if "bias" in p else None
+    return self.conv(self.upsample(x, upsample), oihw, bias, kernel.shape[0], strides=strides,
+                     padding=padding, pad=pad)
+
+  def conv(self, x: str, kernel: str, bias: Optional[str], k: int, *, strides: int = 1,
+           padding: str = "reflect", pad: Optional[int] = None) -> str:
+    """Padding then a `k` x `k` convolution by the OIHW tensor `kernel` (a constant or computed)."""
     pad = k // 2 if pad is None else pad
-    x = self.upsample(x, upsample)
     conv_pads = [0, 0, 0, 0]
     if padding == "reflect" and pad:
       x = self.op("Pad", [x, self.const([0, 0, pad, pad, 0, 0, pad, pad], dtype=np.int64)],
@@ -126,11 +132,20 @@ class Graph:
       conv_pads = [pad] * 4
     elif padding not in ("reflect", "none"):
       raise ConfigError(f"cannot export padding {padding!r}")
+    return self.op("Conv", [x, kernel] + ([bias] if bias else []), kernel_shape=[k, k],
+                   strides=[strides, strides], pads=conv_pads)
+
+  def conv_transpose(self, x: str, p: Dict[str, Any], *, strides: int, padding: int,
+                     output_padding: int) -> str:
+    """`jaxstyle.nn.ConvTranspose` (PyTorch's ConvTranspose2d geometry, as ONNX's)."""
+    p = p["conv_transpose"]
+    kernel = np.asarray(p["kernel"], np.float32)  # [k, k, Cout, Cin]: a torch weight, permuted
+    k = kernel.shape[0]
     inputs = [x, self.const(kernel.transpose(3, 2, 0, 1), "kernel")]
     if "bias" in p:
       inputs.append(self.const(p["bias"], "bias"))
-    return self.op("Conv", inputs, kernel_shape=[k, k], strides=[strides, strides],
-                   pads=conv_pads)
+    return self.op("ConvTranspose", inputs, kernel_shape=[k, k], strides=[strides, strides],
+                   pads=[padding] * 4, output_padding=[output_padding] * 2)
 
   def instance_norm(self, x: str, p: Optional[Dict[str, Any]], channels: int,
                     eps: float = 1e-5) -> str:

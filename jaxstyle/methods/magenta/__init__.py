@@ -2,10 +2,11 @@
 image to an embedding whose per-layer gamma/beta condition the instance norms of a transformer.
 
 `model` (ArbitraryStyleNet, MagentaConfig), `trainer` (make_trainer for `launch/train.py`),
-`inference` (load, stylize, run_stylize for `launch/stylize.py`), `published` (the published
-TF-Lite weights: `--checkpoint=published`).
+`inference` (load, stylize, run_stylize, export_onnx for `launch/stylize.py`), `published` (the
+published TF-Lite weights: `--checkpoint=published`).
 """
 from jaxstyle.methods.magenta.inference import embed
+from jaxstyle.methods.magenta.inference import export_onnx
 from jaxstyle.methods.magenta.inference import load
 from jaxstyle.methods.magenta.inference import MagentaModel
 from jaxstyle.methods.magenta.inference import make_stylizer

@@ -153,6 +153,32 @@ def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndar
                                    encode_style=functools.partial(embed, model, params))
 
 
+def export_onnx(request: api.StylizeRequest):
+  """`launch/stylize.py --method=magenta --checkpoint=<workdir> --export_onnx=...`: the trained
+  model, style predictor included, as an ONNX ModelProto with `style` and `alpha` inputs
+  (`jaxstyle.export.networks.magenta`). The published model is not exported."""
+  # Imported here: export.networks imports the model modules of every exported method.
+  from jaxstyle.export import networks  # pylint: disable=g-import-not-at-top
+  from jaxstyle.methods.magenta import published  # pylint: disable=g-import-not-at-top
+  if published.is_published(request.checkpoint):
+    raise ConfigError("the published Magenta model is not exported (its style predictor is a "
+                      "MobileNetV2); export a trained --checkpoint=<workdir>")
+  if request.checkpoint is None:
+    raise ConfigError("magenta needs --checkpoint=<training workdir>")
+  check_request(request)
+  if len(request.styles) != 1:
+    raise ConfigError("the Magenta ONNX graph takes one style image at run time: pass one --style")
+  if request.masks or request.preserve_color != "none":
+    raise ConfigError("--mask and --preserve_color act outside the Magenta network and are not "
+                      "exported")
+  trained_with = trained_weights(request.checkpoint)
+  if request.weights not in (DEFAULT_WEIGHTS, trained_with):
+    raise ConfigError(f"{request.checkpoint} was trained with --weights={trained_with}, "
+                      f"not {request.weights}")
+  model, params, config = load(request.checkpoint)
+  return networks.magenta(params, config, model.loss_net, alpha=request.alpha)
+
+
 def run_stylize(request: api.StylizeRequest) -> np.ndarray:
   """`make_stylizer(request)` applied to `request.content`."""
   return make_stylizer(request)(request.content)

@@ -112,6 +112,35 @@ def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndar
   The styles live in the banks, so --style images are not used; --style_weights and --mask count
   per --style_index entry.
   """
+  _check_request(request)
+  net, params, _ = load(request.checkpoint)
+  index = list(request.style_index or [0])
+  return functools.partial(stylize, net, params, style_index=index,
+                           style_weights=request.style_weights, masks=request.masks,
+                           alpha=request.alpha, preserve_color=request.preserve_color)
+
+
+def export_onnx(request: api.StylizeRequest):
+  """`launch/stylize.py --method=stylebank --export_onnx=...`: every bank in one ONNX ModelProto,
+  mixed by a `bank_weights` input whose default is the request's --style_index / --style_weights
+  / --alpha fusion (`jaxstyle.export.networks.stylebank`)."""
+  # Imported here: export.networks imports the model modules of every exported method.
+  from jaxstyle.export import networks  # pylint: disable=g-import-not-at-top
+  _check_request(request)
+  if request.masks or request.preserve_color != "none":
+    raise ConfigError("--mask and --preserve_color act outside the StyleBank network and are not "
+                      "exported")
+  _, params, config = load(request.checkpoint)
+  index = list(request.style_index or [0])
+  if request.style_weights is not None and len(request.style_weights) != len(index):
+    raise ConfigError(f"--style_weights has {len(request.style_weights)} entries for "
+                      f"{len(index)} style indices")
+  weights = bank_weights(StyleBankNet.num_styles(params), index, request.style_weights,
+                         alpha=request.alpha)
+  return networks.stylebank(params, config, weights[0])
+
+
+def _check_request(request: api.StylizeRequest):
   if request.checkpoint is None:
     raise ConfigError("stylebank needs --checkpoint=<training workdir>")
   if request.content is None:
@@ -122,11 +151,6 @@ def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndar
   if request.overrides:
     raise ConfigError(
         f"stylebank stylize takes no --set options, got {', '.join(request.overrides)}")
-  net, params, _ = load(request.checkpoint)
-  index = list(request.style_index or [0])
-  return functools.partial(stylize, net, params, style_index=index,
-                           style_weights=request.style_weights, masks=request.masks,
-                           alpha=request.alpha, preserve_color=request.preserve_color)
 
 
 def run_stylize(request: api.StylizeRequest) -> np.ndarray:
