@@ -93,6 +93,9 @@ class StylizeRequest:
   seed: int = 0
   overrides: dict = dataclasses.field(default_factory=dict)
   progress: Optional[Callable[[int, float], None]] = None  # called with (step, loss)
+  tile: int = 0                                  # > 0: in windows this size (`jaxstyle.tiling`)
+  tile_margin: int = 64                          # context thrown away around each window's core
+  tile_thumbnail: int = 0                        # long side for the statistics; 0 = tile
 
 
 @dataclasses.dataclass
@@ -136,6 +139,8 @@ def make_stylizer(request: StylizeRequest) -> Callable[[np.ndarray], np.ndarray]
   their settings are checked on the first.
   """
   module = get_method(request.method)
+  if request.tile and not getattr(module, "TILING", False):
+    raise ConfigError(f"{request.method} does not stylize in tiles (tile={request.tile})")
   make = getattr(module, "make_stylizer", None)
   if make is not None:
     return make(request)

@@ -26,6 +26,7 @@ import tqdm  # noqa: E402
 from jaxstyle import api  # noqa: E402
 from jaxstyle import export  # noqa: E402
 from jaxstyle import image  # noqa: E402
+from jaxstyle import tiling  # noqa: E402
 from jaxstyle.data import folder as data_folder  # noqa: E402
 from jaxstyle.errors import CheckpointError, ConfigError, ImageError  # noqa: E402
 from launch import common  # noqa: E402
@@ -69,6 +70,15 @@ _GRID = flags.DEFINE_bool("grid", False, "Also write <output>_grid.png: content 
 _OVERWRITE = flags.DEFINE_bool("overwrite", True, "Replace an existing output file. With a content "
                                 "folder, --nooverwrite skips frames already written (resumes).")
 _SET = flags.DEFINE_multi_string("set", [], "Method config override key=value (repeatable).")
+_TILE = flags.DEFINE_integer(
+    "tile", 0, "Stylize images larger than this in tile x tile windows, each normalised with the "
+    "statistics of a thumbnail of the whole image (johnson, msgnet, trained magenta): bounded "
+    "memory for very large images. 0: one pass.")
+_TILE_MARGIN = flags.DEFINE_integer(
+    "tile_margin", 64, "Context in pixels around each window's kept core (--tile).")
+_TILE_THUMBNAIL = flags.DEFINE_integer(
+    "tile_thumbnail", 0, "Long side of the thumbnail the normalisation statistics come from "
+    "(--tile); 0: --tile. As large as the image: exact statistics.")
 _EXPORT_ONNX = flags.DEFINE_string(
     "export_onnx", None, "Instead of an image, write the model as an ONNX file here (johnson; "
     "msgnet with the --style/--style_index blend folded in; stylebank with a `bank_weights` "
@@ -99,6 +109,10 @@ def build_request(content_path: Optional[str] = None) -> api.StylizeRequest:
     raise ConfigError(f"--alpha must be in [0, 1], got {_ALPHA.value}")
   if not hasattr(module, "run_stylize"):
     raise ConfigError(f"method {_METHOD.value} cannot stylize")
+  if _TILE.value and not getattr(module, "TILING", False):
+    tiled = [m for m in api.METHODS if getattr(api.get_method(m), "TILING", False)]
+    raise ConfigError(f"--tile applies to {', '.join(tiled)}, not {_METHOD.value}")
+  tiling.check(_TILE.value, _TILE_MARGIN.value, _TILE_THUMBNAIL.value)
 
   if content_path is not None:
     content = image.load_image(content_path, _SIZE.value)
@@ -157,7 +171,8 @@ def build_request(content_path: Optional[str] = None) -> api.StylizeRequest:
       size=_SIZE.value, steps=_STEPS.value, optimizer=_OPTIMIZER.value, learning_rate=_LR.value,
       init=init, alpha=_ALPHA.value, preserve_color=_COLOR.value, style_size=_STYLE_SIZE.value,
       style_index=style_index, checkpoint=_CHECKPOINT.value, weights=_WEIGHTS.value,
-      seed=_SEED.value, overrides=api.parse_overrides(_SET.value))
+      seed=_SEED.value, overrides=api.parse_overrides(_SET.value), tile=_TILE.value,
+      tile_margin=_TILE_MARGIN.value, tile_thumbnail=_TILE_THUMBNAIL.value)
 
 
 def _grid_styles(request) -> list:
@@ -243,8 +258,8 @@ def _export_onnx(path: str):
   """Writes the request's model as ONNX, once onnxruntime reproduces jaxstyle on --content."""
   if _CONTENT.value and os.path.isdir(_CONTENT.value):
     raise ConfigError("--export_onnx is checked on one --content image, not a folder")
-  if _GRID.value:
-    raise ConfigError("--grid does not apply to --export_onnx")
+  if _GRID.value or _TILE.value:
+    raise ConfigError("--grid and --tile do not apply to --export_onnx")
   path = common.check_output_path(path, overwrite=_OVERWRITE.value, suffixes=(".onnx",))
   request = build_request()
   with _checkpoint_errors(request):

@@ -247,7 +247,8 @@ def test_launcher_writes_a_checked_model(files, method, model):
     (["--method=msgnet", "--checkpoint=tiny.model", "--preserve_color=histogram"],
      "--preserve_color is applied outside the network"),
     (["--method=johnson", "--checkpoint=tiny.pth", "--content=."], "not a folder"),
-    (["--method=johnson", "--checkpoint=tiny.pth", "--grid"], "--grid does not apply"),
+    (["--method=johnson", "--checkpoint=tiny.pth", "--grid"], "--grid and --tile do not apply"),
+    (["--method=johnson", "--checkpoint=tiny.pth", "--tile=128"], "--grid and --tile do not apply"),
 ])
 def test_launcher_errors_are_one_line(files, args, message):
   target = files / "bad.onnx"

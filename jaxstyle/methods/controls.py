@@ -116,7 +116,8 @@ def stylize_with_embeddings(method: str, content01: np.ndarray, styles01: Sequen
                             multiple: int, style_weights: Optional[Sequence[float]] = None,
                             alpha: float = 1.0, masks: Optional[Sequence[np.ndarray]] = None,
                             preserve_color: str = "none",
-                            style_codes: Optional[Sequence[Any]] = None) -> np.ndarray:
+                            style_codes: Optional[Sequence[Any]] = None,
+                            identity_size: int = 0) -> np.ndarray:
   """Every control of a style-embedding network (Magenta): Ghiasi et al.'s identity interpolation
   `alpha * S(style) + (1 - alpha) * S(content)`, style blends as mixed embeddings, masks by
   blending the outputs per region, colour preservation.
@@ -130,6 +131,8 @@ def stylize_with_embeddings(method: str, content01: np.ndarray, styles01: Sequen
     multiple: the transformer's downsampling factor (the content is padded to it, then cropped).
     style_weights, alpha, masks, preserve_color: the user's controls (see `launch/stylize.py`).
     style_codes: `embed_fn` of each style, when already computed (`request_stylizer`).
+    identity_size: > 0: the content's own embedding (alpha < 1) is taken from it resized to this
+      long side when larger (tiled stylization of large images).
 
   Returns:
     `[H, W, 3]` float32 in [0, 1].
@@ -140,7 +143,10 @@ def stylize_with_embeddings(method: str, content01: np.ndarray, styles01: Sequen
   check_codes(style_codes, styles01, preserve_color)
   h, w = content01.shape[:2]
   padded = pad_to(content01, multiple)[None]
-  identity = embed_fn(content01) if alpha < 1.0 else 0.0
+  identity = 0.0
+  if alpha < 1.0:
+    small = identity_size and max(h, w) > identity_size
+    identity = embed_fn(image.resize_long_side(content01, identity_size) if small else content01)
   if style_codes is None:
     style_codes = [embed_fn(s) for s in styles01]
   embeddings = [alpha * e + (1.0 - alpha) * identity for e in style_codes]

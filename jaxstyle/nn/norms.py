@@ -3,6 +3,11 @@
 Every feed-forward stylisation network here normalises each image's feature map on its own: statistics
 over H and W, per sample and per channel. Statistics are always computed in float32 so that bfloat16
 compute (mixed precision) does not lose the small variances of flat image regions.
+
+Fixed statistics (the `norm_stats` collection) let a large image be stylized tile by tile
+(`jaxstyle.tiling`): applied with `mutable=[STATS]`, every `InstanceNorm` and
+`ConditionalInstanceNorm` records the statistics it used; applied with those variables, it uses
+them instead of its input's, so every tile is normalised like the whole image.
 """
 import functools
 from typing import Any, Optional, Tuple
@@ -66,6 +71,37 @@ def instance_norm(x: Array, scale: Optional[Array] = None, bias: Optional[Array]
                     jnp.dtype(dtype or x.dtype))
 
 
+STATS = "norm_stats"
+
+
+def fixed_stats(module: nn.Module, x: Array, eps: float) -> Optional[Tuple[Array, Array]]:
+  """In `module`'s scope: records `instance_stats(x)` when the STATS collection is mutable and
+  returns None (normalise as usual); returns statistics recorded earlier when given; else None."""
+  if module.is_mutable_collection(STATS) and not module.is_initializing():
+    mean, std = instance_stats(x, eps)
+    module.put_variable(STATS, "mean", mean)
+    module.put_variable(STATS, "std", std)
+    return None
+  if module.has_variable(STATS, "mean"):
+    return module.get_variable(STATS, "mean"), module.get_variable(STATS, "std")
+  return None
+
+
+def normalize_with(x: Array, stats: Tuple[Array, Array], scale: Optional[Array] = None,
+                   bias: Optional[Array] = None, dtype: Optional[Any] = None) -> Array:
+  """`instance_norm` with given `(mean, std)` (`[1 or B, 1, 1, C]`) instead of `x`'s own."""
+  mean, std = stats
+  c = x.shape[-1]
+  y = (jnp.asarray(x, jnp.float32) - mean) / std
+  if scale is not None:
+    scale = jnp.asarray(scale, jnp.float32)
+    y = y * scale.reshape((scale.shape[0] if scale.ndim == 2 else 1, 1, 1, c))
+  if bias is not None:
+    bias = jnp.asarray(bias, jnp.float32)
+    y = y + bias.reshape((bias.shape[0] if bias.ndim == 2 else 1, 1, 1, c))
+  return y.astype(dtype or x.dtype)
+
+
 def _sum_hw(x: Array) -> Array:
   return jnp.sum(x, axis=(1, 2), keepdims=True)
 
@@ -126,4 +162,7 @@ class InstanceNorm(nn.Module):
              if self.use_scale else None)
     bias = (self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
             if self.use_bias else None)
+    stats = fixed_stats(self, x, self.epsilon)
+    if stats is not None:
+      return normalize_with(x, stats, scale, bias, self.dtype)
     return instance_norm(x, scale, bias, self.epsilon, self.dtype)

@@ -10,6 +10,7 @@ from jaxstyle.methods.johnson.inference import grid_style_paths
 from jaxstyle.methods.johnson.inference import make_stylizer
 from jaxstyle.methods.johnson.inference import run_stylize
 from jaxstyle.methods.johnson.inference import stylize
+from jaxstyle.methods.johnson.inference import TILING
 from jaxstyle.methods.johnson.model import JohnsonConfig
 from jaxstyle.methods.johnson.model import TransformerNet
 from jaxstyle.methods.johnson.trainer import JohnsonTrainer

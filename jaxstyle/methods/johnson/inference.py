@@ -12,6 +12,7 @@ import numpy as np
 
 from jaxstyle import api
 from jaxstyle import image
+from jaxstyle import tiling
 from jaxstyle import xla_options
 from jaxstyle.errors import ConfigError
 from jaxstyle.methods.johnson.model import JohnsonConfig
@@ -19,6 +20,7 @@ from jaxstyle.methods.johnson.model import TransformerNet
 from jaxstyle.train import checkpoint
 
 METHOD = "johnson"
+TILING = True  # --tile: its instance norms take fixed statistics (jaxstyle.tiling)
 
 
 def config_from_dict(d: dict) -> JohnsonConfig:
@@ -61,17 +63,23 @@ def _apply(model, params, x):
 
 
 def stylize(model: TransformerNet, params: Any, content01: np.ndarray, *,
-            preserve_color: str = "none") -> np.ndarray:
+            preserve_color: str = "none", tile: int = 0, tile_margin: int = tiling.DEFAULT_MARGIN,
+            tile_thumbnail: int = 0) -> np.ndarray:
   """Stylizes one image [H, W, 3] in [0, 1] -> [H, W, 3] in [0, 1].
 
   Odd sizes are reflect-padded to a multiple of 4 (the network downsamples twice) and cropped back.
   `preserve_color='luminance'` keeps the content's chrominance (Gatys et al. 2017 colour control).
+  `tile` > 0 runs an image larger than that in `tile`-sized windows (`jaxstyle.tiling`).
   """
   content01 = np.asarray(content01, np.float32)
   h, w = content01.shape[:2]
   ph, pw = (-h) % 4, (-w) % 4
   x = np.pad(content01, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 4 else "edge")
-  out = np.asarray(_apply(model, params, jnp.asarray(x)[None]))[0, :h, :w]
+  if tile and max(x.shape[:2]) > tile:
+    out = tiling.apply_tiled(model, params, x, tile=tile, margin=tile_margin,
+                             thumbnail=tile_thumbnail)[:h, :w]
+  else:
+    out = np.asarray(_apply(model, params, jnp.asarray(x)[None]))[0, :h, :w]
   out = np.clip(out, 0.0, 1.0)
   if preserve_color == "luminance":
     out = np.asarray(image.luminance_transfer(content01, out), np.float32)
@@ -85,7 +93,8 @@ def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndar
   checks the request and loads the model once; the result stylizes any content image."""
   _check_request(request)
   model, params, _ = load_any(request.checkpoint)
-  return functools.partial(stylize, model, params, preserve_color=request.preserve_color)
+  return functools.partial(stylize, model, params, preserve_color=request.preserve_color,
+                           **tiling.settings(request))
 
 
 def export_onnx(request: api.StylizeRequest):

@@ -12,6 +12,7 @@ from jaxstyle.methods.magenta.inference import MagentaModel
 from jaxstyle.methods.magenta.inference import make_stylizer
 from jaxstyle.methods.magenta.inference import run_stylize
 from jaxstyle.methods.magenta.inference import stylize
+from jaxstyle.methods.magenta.inference import TILING
 from jaxstyle.methods.magenta.model import ArbitraryStyleNet
 from jaxstyle.methods.magenta.model import MagentaConfig
 from jaxstyle.methods.magenta.trainer import MagentaTrainer

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxstyle import api
+from jaxstyle import tiling
 from jaxstyle import vgg
 from jaxstyle import xla_options
 from jaxstyle.errors import CheckpointError
@@ -32,6 +33,7 @@ from jaxstyle.methods.magenta.trainer import loss_net_for
 from jaxstyle.train import checkpoint
 
 METHOD = "magenta"
+TILING = True  # --tile (trained models): fixed norm statistics (jaxstyle.tiling)
 _MULTIPLE = 4  # the transformer downsamples twice
 DEFAULT_WEIGHTS = "hed-vgg16"
 
@@ -99,7 +101,8 @@ def stylize(model: MagentaModel, params: Any, content01: np.ndarray,
             styles01: Sequence[np.ndarray], *, style_weights: Optional[Sequence[float]] = None,
             alpha: float = 1.0, masks: Optional[Sequence[np.ndarray]] = None,
             preserve_color: str = "none",
-            style_codes: Optional[Sequence[jax.Array]] = None) -> np.ndarray:
+            style_codes: Optional[Sequence[jax.Array]] = None, tile: int = 0,
+            tile_margin: int = tiling.DEFAULT_MARGIN, tile_thumbnail: int = 0) -> np.ndarray:
   """Stylizes one image with one or several styles.
 
   Args:
@@ -112,15 +115,24 @@ def stylize(model: MagentaModel, params: Any, content01: np.ndarray,
     masks: optional `[H, W]` region per style (spatial control by output blending).
     preserve_color: 'none', 'histogram' or 'luminance'.
     style_codes: each style's `embed`ding, when already computed.
+    tile, tile_margin, tile_thumbnail: a content larger than `tile` runs in windows
+      (`jaxstyle.tiling`); its own embedding (alpha < 1) then comes from the thumbnail too.
 
   Returns:
     `[H, W, 3]` float32 in [0, 1].
   """
+  def transform(x, e):
+    if tile and max(x.shape[1:3]) > tile:
+      return tiling.apply_tiled(model.net, params, x[0], e, tile=tile, margin=tile_margin,
+                                multiple=_MULTIPLE, thumbnail=tile_thumbnail,
+                                method="transform")[None]
+    return _transform(model.net, params, jnp.asarray(x), e)
+
   return controls.stylize_with_embeddings(
       METHOD, content01, styles01, embed_fn=lambda x: embed(model, params, x),
-      transform_fn=lambda x, e: _transform(model.net, params, jnp.asarray(x), e),
-      multiple=_MULTIPLE, style_weights=style_weights, alpha=alpha, masks=masks,
-      preserve_color=preserve_color, style_codes=style_codes)
+      transform_fn=transform, multiple=_MULTIPLE, style_weights=style_weights, alpha=alpha,
+      masks=masks, preserve_color=preserve_color, style_codes=style_codes,
+      identity_size=(tile_thumbnail or tile) if tile else 0)
 
 
 def check_request(request: api.StylizeRequest) -> None:
@@ -150,7 +162,8 @@ def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndar
                       f"not {request.weights}")
   model, params, _ = load(request.checkpoint)
   return controls.request_stylizer(functools.partial(stylize, model, params), request,
-                                   encode_style=functools.partial(embed, model, params))
+                                   encode_style=functools.partial(embed, model, params),
+                                   **tiling.settings(request))
 
 
 def export_onnx(request: api.StylizeRequest):

@@ -259,6 +259,8 @@ def make_stylizer(request) -> Callable[[np.ndarray], np.ndarray]:
   the request and loads the weights once; the result stylizes any content image."""
   from pretrained import onnx_magenta  # pylint: disable=g-import-not-at-top
   inference.check_request(request)
+  if request.tile:
+    raise ConfigError("--tile is for trained Magenta models; the published one is not tiled")
   if request.weights != "hed-vgg16":
     raise ConfigError("--weights (the VGG loss network) does not apply to the published Magenta "
                       "model, which brings its own MobileNetV2 style predictor")

@@ -11,6 +11,7 @@ from jaxstyle.methods.msgnet.inference import make_stylizer
 from jaxstyle.methods.msgnet.inference import run_stylize
 from jaxstyle.methods.msgnet.inference import style_gram
 from jaxstyle.methods.msgnet.inference import stylize
+from jaxstyle.methods.msgnet.inference import TILING
 from jaxstyle.methods.msgnet.model import MSGNet
 from jaxstyle.methods.msgnet.model import MSGNetConfig
 from jaxstyle.methods.msgnet.trainer import MSGNetTrainer

@@ -17,11 +17,14 @@ import numpy as np
 
 from jaxstyle import api
 from jaxstyle import image
+from jaxstyle import tiling
 from jaxstyle.errors import ConfigError
 from jaxstyle.methods.msgnet.model import MSGNet, MSGNetConfig
+from jaxstyle.methods.msgnet.model import SIZE_MULTIPLE
 from jaxstyle.train import checkpoint
 
 METHOD = "msgnet"
+TILING = True  # --tile: its instance norms take fixed statistics (jaxstyle.tiling)
 COLOR_MODES = ("none", "luminance", "histogram")
 
 
@@ -104,7 +107,7 @@ def style_gram(model: MSGNet, params: Any, styles: Sequence[np.ndarray], *,
 
 def stylize(model: MSGNet, params: Any, content01: np.ndarray, styles: Sequence[np.ndarray], *,
             style_weights: Optional[Sequence[float]] = None, style_size: Optional[int] = None,
-            preserve_color: str = "none") -> np.ndarray:
+            preserve_color: str = "none", **tile_settings) -> np.ndarray:
   """Stylizes one image [H, W, 3] in [0, 1] -> [H, W, 3] in [0, 1].
 
   Args:
@@ -114,13 +117,16 @@ def stylize(model: MSGNet, params: Any, content01: np.ndarray, styles: Sequence[
     style_weights, style_size: see `style_gram`.
     preserve_color: 'luminance' keeps the content's chrominance; 'histogram' recolours each style
       to the content's colour statistics before encoding it (Gatys et al. 2017 colour control).
+    **tile_settings: `tile`, `tile_margin`, `tile_thumbnail` (`jaxstyle.tiling`): a content
+      larger than `tile` runs in windows.
   """
   _check_color(preserve_color)
   content01 = np.asarray(content01, np.float32)
   if preserve_color == "histogram":
     styles = [image.match_color(np.asarray(s, np.float32), content01) for s in styles]
   gram = style_gram(model, params, styles, style_weights=style_weights, style_size=style_size)
-  return _stylize_gram(model, params, content01, gram=gram, preserve_color=preserve_color)
+  return _stylize_gram(model, params, content01, gram=gram, preserve_color=preserve_color,
+                       **tile_settings)
 
 
 def _check_color(preserve_color: str):
@@ -130,10 +136,17 @@ def _check_color(preserve_color: str):
 
 
 def _stylize_gram(model: MSGNet, params: Any, content01: np.ndarray, *, gram: jax.Array,
-                  preserve_color: str) -> np.ndarray:
+                  preserve_color: str, tile: int = 0, tile_margin: int = tiling.DEFAULT_MARGIN,
+                  tile_thumbnail: int = 0) -> np.ndarray:
   """`stylize` towards a style Gram already computed."""
   content01 = np.asarray(content01, np.float32)
-  out = np.asarray(_apply(model, params, jnp.asarray(content01)[None], gram))[0]
+  h, w = content01.shape[:2]
+  if tile and max(h, w) > tile:
+    x = np.pad(content01, ((0, -h % SIZE_MULTIPLE), (0, -w % SIZE_MULTIPLE), (0, 0)), "reflect")
+    out = tiling.apply_tiled(model, params, x, gram, tile=tile, margin=tile_margin,
+                             multiple=SIZE_MULTIPLE, thumbnail=tile_thumbnail)[:h, :w]
+  else:
+    out = np.asarray(_apply(model, params, jnp.asarray(content01)[None], gram))[0]
   out = np.clip(out, 0.0, 1.0)
   if preserve_color == "luminance":
     out = np.asarray(image.luminance_transfer(content01, out), np.float32)
@@ -167,11 +180,12 @@ def make_stylizer(request: api.StylizeRequest) -> Callable[[np.ndarray], np.ndar
   weights = request.style_weights
   if request.preserve_color == "histogram":  # the styles are recoloured to each content image
     return functools.partial(stylize, model, params, styles=styles, style_weights=weights,
-                             style_size=request.style_size, preserve_color="histogram")
+                             style_size=request.style_size, preserve_color="histogram",
+                             **tiling.settings(request))
   # One Gram for every content image: the style encoder runs once, not once per frame.
   gram = style_gram(model, params, styles, style_weights=weights, style_size=request.style_size)
   return functools.partial(_stylize_gram, model, params, gram=gram,
-                           preserve_color=request.preserve_color)
+                           preserve_color=request.preserve_color, **tiling.settings(request))
 
 
 def export_onnx(request: api.StylizeRequest):
